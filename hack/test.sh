@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test with the race detector: unit tests, kernel tests in throwaway network
+# namespaces (as root), and the end-to-end suite. Extra arguments go to `go test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+hack/deps.sh
+modprobe -q nf_conntrack 2>/dev/null || true
+modprobe -q nf_tables 2>/dev/null || true
+
+echo "== go vet"
+go vet ./...
+echo "== go test -race ./..."
+go test -race -count=1 -timeout 20m "$@" ./...
+if [ -f podagent/go.mod ]; then
+  echo "== go test -race (podagent)"
+  (cd podagent && go vet ./... && go test -race -count=1 -timeout 10m "$@" ./...)
+fi
