@@ -1,0 +1,272 @@
+package proxier
+
+import (
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/nodeproxy/nodeproxy/endpoints"
+)
+
+// TriggerTimeAnnotation is the EndpointSlice annotation recording when the change that produced
+// the slice happened; network programming latency is measured from it.
+const TriggerTimeAnnotation = v1.EndpointsLastChangeTriggerTime
+
+// Tracker is the one change tracker of a proxy, for one IP family. Informer handlers feed it
+// Service and EndpointSlice events from any goroutine; the sync loop calls Checkout, which
+// returns exactly the service ports whose rules must change since the previous Checkout, and
+// moves them into the applied state that ForEach walks for full syncs.
+//
+// Cost: an event is O(ports of that Service) or O(endpoints of that slice); a Checkout is
+// O(ports and endpoints of the Services that changed), never O(all Services). Events that change
+// nothing a rule depends on (informer resyncs, metadata-only updates, a change and its undo) are
+// dropped: they produce no ServicePortChange.
+type Tracker struct {
+	family v1.IPFamily
+	slices *endpoints.SliceCache
+	start  time.Time
+
+	mu sync.Mutex
+	// pendingServices holds the latest object of each Service changed since the last Checkout
+	// (nil: deleted).
+	pendingServices map[types.NamespacedName]*v1.Service
+	// pendingEndpoints holds the Services whose slices changed since the last Checkout.
+	pendingEndpoints map[types.NamespacedName]struct{}
+	// triggerTimes holds, per Service, the oldest slice trigger time since the last Checkout.
+	triggerTimes map[types.NamespacedName]time.Time
+
+	// applied is the state as of the last Checkout.
+	applied map[types.NamespacedName]*appliedService
+	// servicePortCount is the number of ports in applied.
+	servicePortCount int
+}
+
+// appliedService is one Service's state as of the last Checkout.
+type appliedService struct {
+	ports     map[endpoints.ServicePortName]*ServicePort
+	endpoints map[endpoints.ServicePortName][]endpoints.Endpoint
+}
+
+// ServicePortChange is one service port whose rules must change.
+type ServicePortChange struct {
+	// Name identifies the port.
+	Name endpoints.ServicePortName
+	// Previous is the port as of the last Checkout (nil: the port is new).
+	Previous *ServicePort
+	// Current is the port now (nil: the port was removed).
+	Current *ServicePort
+	// PreviousEndpoints are the port's endpoints as of the last Checkout.
+	PreviousEndpoints []endpoints.Endpoint
+	// Endpoints are the port's endpoints now, sorted by String().
+	Endpoints []endpoints.Endpoint
+}
+
+// Checkout is what changed in one IP family since the previous Checkout.
+type Checkout struct {
+	// Family is the IP family of every address in the checkout.
+	Family v1.IPFamily
+	// Changes are the service ports whose rules must change, sorted by name.
+	Changes []ServicePortChange
+	// ServiceChanges and EndpointChanges count the Services with pending service or slice events
+	// (for the *_changes_pending metrics).
+	ServiceChanges, EndpointChanges int
+	// OldestTrigger is the oldest endpoint-change trigger time among the changes (zero if none).
+	OldestTrigger time.Time
+}
+
+// NewTracker returns an empty tracker for one IP family on the named node.
+func NewTracker(family v1.IPFamily, nodeName string) *Tracker {
+	return &Tracker{
+		family:           family,
+		slices:           endpoints.NewSliceCache(family, nodeName),
+		start:            time.Now(),
+		pendingServices:  map[types.NamespacedName]*v1.Service{},
+		pendingEndpoints: map[types.NamespacedName]struct{}{},
+		triggerTimes:     map[types.NamespacedName]time.Time{},
+		applied:          map[types.NamespacedName]*appliedService{},
+	}
+}
+
+// Family returns the tracker's IP family.
+func (t *Tracker) Family() v1.IPFamily { return t.family }
+
+// UpdateService records a Service event (previous nil: add; current nil: delete). It returns
+// whether anything is pending for the next Checkout.
+func (t *Tracker) UpdateService(previous, current *v1.Service) bool {
+	svc := current
+	if svc == nil {
+		svc = previous
+	}
+	if svc == nil {
+		return t.Pending()
+	}
+	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	ports := ServicePortsOf(current, t.family)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var appliedPorts map[endpoints.ServicePortName]*ServicePort
+	if a := t.applied[nn]; a != nil {
+		appliedPorts = a.ports
+	}
+	if samePorts(appliedPorts, ports) {
+		delete(t.pendingServices, nn) // net no-op since the last Checkout
+	} else {
+		t.pendingServices[nn] = current
+	}
+	return len(t.pendingServices) > 0 || len(t.pendingEndpoints) > 0
+}
+
+// UpdateEndpointSlice records an EndpointSlice event (removed: deletion). It returns whether
+// anything is pending for the next Checkout.
+func (t *Tracker) UpdateEndpointSlice(slice *discovery.EndpointSlice, removed bool) bool {
+	nn, changed := t.slices.Update(slice, removed)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if changed {
+		t.pendingEndpoints[nn] = struct{}{}
+		if !removed {
+			t.noteTriggerTime(nn, slice)
+		}
+	}
+	return len(t.pendingServices) > 0 || len(t.pendingEndpoints) > 0
+}
+
+// noteTriggerTime keeps the oldest trigger time of nn that is after the tracker started.
+func (t *Tracker) noteTriggerTime(nn types.NamespacedName, slice *discovery.EndpointSlice) {
+	ts, err := time.Parse(time.RFC3339Nano, slice.Annotations[TriggerTimeAnnotation])
+	if err != nil || ts.Before(t.start) {
+		return
+	}
+	if old, ok := t.triggerTimes[nn]; !ok || ts.Before(old) {
+		t.triggerTimes[nn] = ts
+	}
+}
+
+// Pending reports whether a Checkout would have Services to look at.
+func (t *Tracker) Pending() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pendingServices) > 0 || len(t.pendingEndpoints) > 0
+}
+
+// PendingCounts returns how many Services have pending service and slice changes.
+func (t *Tracker) PendingCounts() (services, endpointSlices int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pendingServices), len(t.pendingEndpoints)
+}
+
+// Checkout moves every pending change into the applied state and returns the service ports
+// whose rules must change. Call it from the sync loop only.
+func (t *Tracker) Checkout() *Checkout {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := &Checkout{Family: t.family, ServiceChanges: len(t.pendingServices), EndpointChanges: len(t.pendingEndpoints)}
+	for nn := range t.pendingServices {
+		out.Changes = t.checkoutService(nn, out.Changes)
+	}
+	for nn := range t.pendingEndpoints {
+		if _, done := t.pendingServices[nn]; !done {
+			out.Changes = t.checkoutService(nn, out.Changes)
+		}
+	}
+	for _, ts := range t.triggerTimes {
+		if out.OldestTrigger.IsZero() || ts.Before(out.OldestTrigger) {
+			out.OldestTrigger = ts
+		}
+	}
+	clear(t.pendingServices)
+	clear(t.pendingEndpoints)
+	clear(t.triggerTimes)
+	slices.SortFunc(out.Changes, func(a, b ServicePortChange) int { return compareNames(a.Name, b.Name) })
+	return out
+}
+
+// checkoutService applies one Service's pending state and appends its changed ports to changes.
+func (t *Tracker) checkoutService(nn types.NamespacedName, changes []ServicePortChange) []ServicePortChange {
+	old := t.applied[nn]
+	if old == nil {
+		old = &appliedService{}
+	}
+	next := &appliedService{ports: old.ports, endpoints: old.endpoints}
+	if svc, ok := t.pendingServices[nn]; ok {
+		next.ports = ServicePortsOf(svc, t.family)
+	}
+	if _, ok := t.pendingEndpoints[nn]; ok {
+		next.endpoints = t.slices.EndpointsFor(nn)
+	}
+	for name, cur := range next.ports {
+		prev := old.ports[name]
+		eps := next.endpoints[name]
+		prevEps := old.endpoints[name]
+		if prev == nil || !reflect.DeepEqual(prev, cur) || !slices.EqualFunc(prevEps, eps, sameEndpoint) {
+			changes = append(changes, ServicePortChange{Name: name, Previous: prev, Current: cur, PreviousEndpoints: prevEps, Endpoints: eps})
+		}
+	}
+	for name, prev := range old.ports {
+		if _, ok := next.ports[name]; !ok {
+			changes = append(changes, ServicePortChange{Name: name, Previous: prev, PreviousEndpoints: old.endpoints[name]})
+		}
+	}
+	t.servicePortCount += len(next.ports) - len(old.ports)
+	if len(next.ports) == 0 && len(next.endpoints) == 0 {
+		delete(t.applied, nn)
+	} else {
+		t.applied[nn] = next
+	}
+	return changes
+}
+
+// ForEach calls fn for every applied service port with its endpoints, in no particular order.
+// Call it from the sync loop only (it reads the state Checkout writes).
+func (t *Tracker) ForEach(fn func(port *ServicePort, eps []endpoints.Endpoint)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, a := range t.applied {
+		for name, p := range a.ports {
+			fn(p, a.endpoints[name])
+		}
+	}
+}
+
+// ServicePortCount returns the number of applied service ports.
+func (t *Tracker) ServicePortCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.servicePortCount
+}
+
+// samePorts reports whether two port sets would program the same rules.
+func samePorts(a, b map[endpoints.ServicePortName]*ServicePort) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for name, p := range a {
+		q, ok := b[name]
+		if !ok || !reflect.DeepEqual(p, q) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameEndpoint compares two endpoints field by field.
+func sameEndpoint(a, b endpoints.Endpoint) bool { return reflect.DeepEqual(a, b) }
+
+// compareNames orders service port names by namespace, name, port, protocol.
+func compareNames(a, b endpoints.ServicePortName) int {
+	for _, c := range [][2]string{{a.Namespace, b.Namespace}, {a.Name, b.Name}, {a.Port, b.Port}, {string(a.Protocol), string(b.Protocol)}} {
+		if c[0] != c[1] {
+			if c[0] < c[1] {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
