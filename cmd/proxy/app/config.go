@@ -103,6 +103,8 @@ type Config struct {
 	// FeatureGates is the effective state of every feature gate nodeproxy
 	// knows (see the Feature* constants).
 	FeatureGates map[string]bool
+	// Userspace holds the userspace mode's limits.
+	Userspace UserspaceConfig
 	// Version is the version to report (Version, or --version=vX.Y.Z).
 	Version string
 }
@@ -184,6 +186,7 @@ func (o *Options) Config() *Config {
 		InitOnly:     o.InitOnly,
 		FeatureGates: copyGates(o.featureGates),
 		Version:      o.reportedVersion(),
+		Userspace:    o.Userspace,
 	}
 	return cfg
 }

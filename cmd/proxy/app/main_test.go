@@ -84,6 +84,8 @@ func TestBadInputs(t *testing.T) {
 	}{
 		{"unknown flag", []string{"--bogus"}, "--bogus"},
 		{"flag typo", []string{"--proxy-mod=iptables"}, "--proxy-mod"},
+		{"userspace connection cap 0", []string{"--userspace-max-connections=0"}, "userspace-max-connections"},
+		{"userspace dial timeout negative", []string{"--userspace-dial-timeout=-1s"}, "userspace-dial-timeout"},
 		{"unknown shorthand", []string{"-x"}, "-x"},
 		{"bad duration", []string{"--iptables-sync-period=5x"}, "--iptables-sync-period"},
 		{"bad bind address", []string{"--bind-address=1.2.3"}, "--bind-address"},

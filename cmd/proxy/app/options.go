@@ -34,6 +34,8 @@ type Options struct {
 	// VersionFlag is the value of --version: "false", "true", "raw" or a
 	// "vX.Y.Z" that overrides the reported version.
 	VersionFlag string
+	// Userspace holds the userspace mode's limits (--userspace-*).
+	Userspace UserspaceConfig
 
 	// config is the flag-bound configuration until Complete, then the
 	// effective one.
@@ -65,6 +67,7 @@ func NewOptions() *Options {
 	return &Options{
 		config:                cfg,
 		VersionFlag:           versionFlagFalse,
+		Userspace:             defaultUserspaceConfig(),
 		healthzPort:           DefaultHealthzPort,
 		metricsPort:           DefaultMetricsPort,
 		masqueradeAll:         cfg.IPTables.MasqueradeAll,
@@ -89,6 +92,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	o.addNetworkFlags(fs)
 	o.addConntrackFlags(fs)
 	o.addDeprecatedFlags(fs)
+	o.addUserspaceFlags(fs)
 	addLoggingFlags(fs, &o.config.Logging)
 }
 

@@ -77,6 +77,7 @@ func TestFlagOverridesWithoutConfig(t *testing.T) {
 		"--iptables-masquerade-bit=5", "--iptables-localhost-nodeports=false", "--config-sync-period=1m",
 		"--kubeconfig=/etc/kube.conf", "--master=https://api:6443", "--profiling",
 		"--source=file:"+srcDir, "--init-only", "--mode=iptables",
+		"--userspace-max-connections=50", "--userspace-dial-timeout=2s",
 	)
 	if res.code != 0 {
 		t.Fatalf("code %d, stderr %q", res.code, res.stderr)
@@ -96,6 +97,8 @@ func TestFlagOverridesWithoutConfig(t *testing.T) {
 		Conntrack: ConntrackConfig{MaxPerCore: 0, Min: 5, TCPEstablishedTimeout: 24 * time.Hour,
 			TCPCloseWaitTimeout: time.Hour, TCPBeLiberal: true},
 		Source: "file:" + srcDir, SourceDir: srcDir, InitOnly: true, Version: Version,
+		Userspace: UserspaceConfig{MaxConnections: 50, MaxUDPSessions: 10000, DialTimeout: 2 * time.Second,
+			UDPIdleTimeout: 30 * time.Second, DrainTimeout: 30 * time.Second},
 	}
 	got := *c
 	got.KubeProxyConfiguration, got.FeatureGates = nil, nil

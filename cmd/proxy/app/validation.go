@@ -77,6 +77,7 @@ func (o *Options) Validate() error {
 	validateDetectLocal(v, cfg)
 	validateLogging(v, cfg, o.featureGates)
 	validateSource(v, o.Source)
+	validateUserspace(v, o.Userspace)
 	return v.err()
 }
 
