@@ -175,16 +175,21 @@ func policyChooseCases() []chooseCase {
 		all: []string{"10.0.0.1:80", "10.0.0.2:80"}, hasAny: true,
 	}, {
 		name: "iTP Local and eTP Local: local only", policy: policyBothLocal,
-		eps:   []Endpoint{ep("10.0.0.1", local), ep("10.0.0.2")},
-		local: []string{"10.0.0.1:80"}, all: []string{"10.0.0.1:80"}, hasAny: true,
+		// Upstream topology_test.go: cluster endpoints are still needed to short-circuit
+		// traffic from pods and the node to the external destinations.
+		eps:     []Endpoint{ep("10.0.0.1", local), ep("10.0.0.2")},
+		cluster: []string{"10.0.0.1:80", "10.0.0.2:80"},
+		local:   []string{"10.0.0.1:80"}, all: []string{"10.0.0.1:80", "10.0.0.2:80"}, hasAny: true,
 	}, {
 		name: "iTP Local and eTP Local: all remote and terminating", policy: policyBothLocal,
-		eps:   []Endpoint{ep("10.0.0.1", servingTerminating), ep("10.0.0.2", servingTerminating)},
-		local: []string{}, all: []string{}, hasAny: true,
+		eps:     []Endpoint{ep("10.0.0.1", servingTerminating), ep("10.0.0.2", servingTerminating)},
+		cluster: []string{"10.0.0.1:80", "10.0.0.2:80"},
+		local:   []string{}, all: []string{"10.0.0.1:80", "10.0.0.2:80"}, hasAny: true,
 	}, {
 		name: "HasAny false with only not-serving endpoints under Local policy", policy: policyBothLocal,
-		eps:   []Endpoint{ep("10.0.0.1", notServingTerminating), ep("10.0.0.2", local, notReady)},
-		local: []string{}, all: []string{},
+		eps:     []Endpoint{ep("10.0.0.1", notServingTerminating), ep("10.0.0.2", local, notReady)},
+		cluster: []string{},
+		local:   []string{}, all: []string{},
 	}, {
 		name: "IPv6 union under eTP Local", policy: policyExternalLocal,
 		eps: []Endpoint{ep("2001:db8::1", local, servingTerminating), ep("2001:db8::2"),

@@ -74,9 +74,12 @@ type Policy struct {
 	ExternalLocal bool
 }
 
-// UsesClusterEndpoints reports whether some traffic class of the port goes to cluster-wide endpoints.
+// UsesClusterEndpoints reports whether some traffic class of the port goes to cluster-wide
+// endpoints: internal traffic under internalTrafficPolicy Cluster, and any externally accessible
+// port, since even with externalTrafficPolicy Local, traffic from pods and from the node itself
+// to an external destination short-circuits to the cluster-wide endpoints (as upstream).
 func (p Policy) UsesClusterEndpoints() bool {
-	return !p.InternalLocal || (p.ExternallyAccessible && !p.ExternalLocal)
+	return !p.InternalLocal || p.ExternallyAccessible
 }
 
 // UsesLocalEndpoints reports whether some traffic class of the port goes to node-local endpoints only.
