@@ -1,0 +1,188 @@
+package iptables
+
+import (
+	"hash/fnv"
+	"slices"
+	"strings"
+
+	"github.com/nodeproxy/nodeproxy/endpoints"
+)
+
+// digest identifies a chain's content (FNV-128a of its rules).
+type digest [16]byte
+
+// digestOf returns the digest of a chain's rules.
+func digestOf(c chainRules) digest {
+	h := fnv.New128a()
+	for _, r := range c.rules {
+		h.Write([]byte(r))
+		h.Write([]byte{'\n'})
+	}
+	var d digest
+	copy(d[:], h.Sum(nil))
+	return d
+}
+
+// committedPort is what the kernel holds for one service port, as of the last successful
+// restore: its top-level rules verbatim (partial syncs delete them by spec) and a digest of
+// each of its chains (partial syncs skip chains whose content is unchanged).
+type committedPort struct {
+	top         []topRule
+	chains      map[string]digest
+	natRules    int
+	filterRules int
+}
+
+// newCommittedPort records r.
+func newCommittedPort(r *portRules) *committedPort {
+	c := &committedPort{top: r.top, chains: make(map[string]digest, len(r.chains))}
+	for _, ch := range r.chains {
+		c.chains[ch.name] = digestOf(ch)
+		c.natRules += len(ch.rules)
+	}
+	for _, t := range r.top {
+		if t.table == tableNAT {
+			c.natRules++
+		} else {
+			c.filterRules++
+		}
+	}
+	return c
+}
+
+// committed is one family's programmed state. Partial syncs are computed against it alone:
+// the kernel is never read on that path.
+type committed struct {
+	ports map[endpoints.ServicePortName]*committedPort
+	// staticNAT and staticFilter count the rules that belong to no service port.
+	staticNAT, staticFilter int
+	natRules, filterRules   int
+}
+
+// set records (or with nil, forgets) one port's state and keeps the totals.
+func (c *committed) set(name endpoints.ServicePortName, rec *committedPort) {
+	if old := c.ports[name]; old != nil {
+		c.natRules -= old.natRules
+		c.filterRules -= old.filterRules
+	}
+	if rec == nil {
+		delete(c.ports, name)
+		return
+	}
+	c.ports[name] = rec
+	c.natRules += rec.natRules
+	c.filterRules += rec.filterRules
+}
+
+// builtPort is one service port with its rules, as a full sync builds them.
+type builtPort struct {
+	name  endpoints.ServicePortName
+	rules *portRules
+}
+
+// renderFull writes a full sync: every top-level chain flushed and rewritten, every port's
+// chains written, and the stale service chains (existing, but not built) deleted. It returns
+// the input and the state it programs.
+func renderFull(fr *familyRules, ports []builtPort, existingNAT []string) (*restoreText, *committed) {
+	rt := &restoreText{}
+	state := &committed{ports: make(map[endpoints.ServicePortName]*committedPort, len(ports))}
+	top := fr.topChains()
+	for _, table := range []string{tableFilter, tableNAT} {
+		for _, chain := range top[table] {
+			rt.flushChain(table, chain)
+		}
+	}
+	for _, r := range fr.staticRules() {
+		rt.appendRule(r)
+		state.countStatic(r.table)
+	}
+	active := map[string]bool{}
+	for _, p := range ports {
+		for _, r := range p.rules.top {
+			rt.appendRule(r)
+		}
+		state.set(p.name, newCommittedPort(p.rules))
+	}
+	for _, r := range fr.nodePortJumps() {
+		rt.appendRule(r)
+		state.countStatic(r.table)
+	}
+	for _, p := range ports {
+		for _, c := range p.rules.chains {
+			rt.writeChain(tableNAT, c)
+			active[c.name] = true
+		}
+	}
+	for _, name := range existingNAT {
+		if isServiceChain(name) && !active[name] {
+			rt.deleteChain(tableNAT, name)
+		}
+	}
+	return rt, state
+}
+
+// countStatic counts one rule that belongs to no service port.
+func (c *committed) countStatic(table string) {
+	if table == tableNAT {
+		c.staticNAT++
+		c.natRules++
+	} else {
+		c.staticFilter++
+		c.filterRules++
+	}
+}
+
+// renderPortChange writes what turns old (nil: the port had no rules) into cur (nil: the port
+// is gone) and returns the record of cur (nil when cur is nil). Top-level rules are deleted
+// and added one by one; a chain is written only if its content changed, and deleted when it
+// is no longer used.
+func renderPortChange(rt *restoreText, old *committedPort, cur *portRules) *committedPort {
+	var oldTop []topRule
+	var oldChains map[string]digest
+	if old != nil {
+		oldTop, oldChains = old.top, old.chains
+	}
+	var rec *committedPort
+	var curTop []topRule
+	if cur != nil {
+		rec = newCommittedPort(cur)
+		curTop = cur.top
+		for _, c := range cur.chains {
+			if d, ok := oldChains[c.name]; !ok || d != rec.chains[c.name] {
+				rt.writeChain(tableNAT, c)
+			}
+		}
+	}
+	for _, r := range oldTop {
+		if !slices.Contains(curTop, r) {
+			rt.deleteRule(r)
+		}
+	}
+	for _, r := range curTop {
+		if slices.Contains(oldTop, r) {
+			continue
+		}
+		if r.table == tableNAT && r.chain == ChainServices {
+			rt.insertRule(r)
+		} else {
+			rt.appendRule(r)
+		}
+	}
+	stale := make([]string, 0, len(oldChains))
+	for name := range oldChains {
+		if rec == nil || !hasChain(rec, name) {
+			stale = append(stale, name)
+		}
+	}
+	slices.SortFunc(stale, strings.Compare)
+	for _, name := range stale {
+		rt.deleteChain(tableNAT, name)
+	}
+	return rec
+}
+
+// hasChain reports whether rec has a chain of that name.
+func hasChain(rec *committedPort, name string) bool {
+	_, ok := rec.chains[name]
+	return ok
+}

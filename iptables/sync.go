@@ -1,0 +1,166 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/nodeproxy/nodeproxy/endpoints"
+	"github.com/nodeproxy/nodeproxy/proxier"
+	"github.com/nodeproxy/nodeproxy/proxier/metrics"
+)
+
+// familyProxier programs one IP family. Sync calls are serialized by the caller (Core).
+type familyProxier struct {
+	family  v1.IPFamily
+	exec    Executor
+	rules   *familyRules
+	metrics *metrics.Metrics
+
+	// state is what the kernel holds as of the last successful sync; nil when unknown (at
+	// start and after a failure), which makes the next sync a full one.
+	state *committed
+	// canaryLost is set by the canary monitor: the next sync is a full one.
+	canaryLost atomic.Bool
+}
+
+// sync programs one family: a full sync when asked, when the state is unknown or when a canary
+// was lost; otherwise a partial sync of the checkout's changes.
+func (fp *familyProxier) sync(ctx context.Context, full bool, co *proxier.Checkout, tracker *proxier.Tracker, node endpoints.Node) error {
+	if fp.canaryLost.Swap(false) || fp.state == nil {
+		full = true
+	}
+	var err error
+	switch {
+	case full && tracker == nil:
+		err = fmt.Errorf("full sync without the applied state")
+	case full:
+		err = fp.syncFull(ctx, tracker, node)
+	case co != nil:
+		err = fp.syncPartial(ctx, co, node)
+	}
+	if err != nil {
+		fp.state = nil
+		return fmt.Errorf("syncing %s iptables rules (full=%t): %w", fp.family, full, err)
+	}
+	if fp.metrics != nil && fp.state != nil {
+		fp.metrics.IPTablesRulesTotal.WithLabelValues(tableFilter, string(fp.family)).Set(float64(fp.state.filterRules))
+		fp.metrics.IPTablesRulesTotal.WithLabelValues(tableNAT, string(fp.family)).Set(float64(fp.state.natRules))
+	}
+	return nil
+}
+
+// portInput is one applied service port with its endpoints.
+type portInput struct {
+	port *proxier.ServicePort
+	eps  []endpoints.Endpoint
+}
+
+// syncFull rewrites every top-level chain and every service port's chains from the tracker,
+// deletes the stale service chains found in the kernel, and ensures the jump rules.
+func (fp *familyProxier) syncFull(ctx context.Context, tracker *proxier.Tracker, node endpoints.Node) error {
+	var inputs []portInput
+	tracker.ForEach(func(p *proxier.ServicePort, eps []endpoints.Endpoint) {
+		inputs = append(inputs, portInput{port: p, eps: eps})
+	})
+	slices.SortFunc(inputs, func(a, b portInput) int { return comparePortNames(a.port.Name, b.port.Name) })
+	ports := make([]builtPort, len(inputs))
+	for i, in := range inputs {
+		ports[i] = builtPort{name: in.port.Name, rules: fp.rules.buildPort(in.port, in.eps, node)}
+	}
+	existing, err := fp.exec.ChainNames(ctx, tableNAT)
+	if err != nil {
+		klog.ErrorS(err, "Failed to list nat chains: stale service chains will not be deleted", "family", fp.family)
+	}
+	rt, state := renderFull(fp.rules, ports, existing)
+	if err := fp.restore(ctx, rt, true); err != nil {
+		return err
+	}
+	if err := fp.ensureJumps(); err != nil {
+		return err
+	}
+	fp.state = state
+	return nil
+}
+
+// syncPartial writes only what the checkout's changes alter, computed against the committed
+// state: no kernel read, and nothing at all (no iptables-restore) when no rule changes.
+func (fp *familyProxier) syncPartial(ctx context.Context, co *proxier.Checkout, node endpoints.Node) error {
+	type update struct {
+		name endpoints.ServicePortName
+		rec  *committedPort
+	}
+	rt := &restoreText{}
+	updates := make([]update, 0, len(co.Changes))
+	for i := range co.Changes {
+		ch := &co.Changes[i]
+		var cur *portRules
+		if ch.Current != nil {
+			cur = fp.rules.buildPort(ch.Current, ch.Endpoints, node)
+		}
+		updates = append(updates, update{name: ch.Name, rec: renderPortChange(rt, fp.state.ports[ch.Name], cur)})
+	}
+	if err := fp.restore(ctx, rt, false); err != nil {
+		return err
+	}
+	for _, u := range updates {
+		fp.state.set(u.name, u.rec)
+	}
+	return nil
+}
+
+// restore runs one iptables-restore for rt (nothing when rt is empty) and keeps the metrics.
+func (fp *familyProxier) restore(ctx context.Context, rt *restoreText, full bool) error {
+	data := rt.bytes()
+	if data != nil {
+		if err := fp.exec.Restore(ctx, data); err != nil {
+			if fp.metrics != nil {
+				fp.metrics.IPTablesRestoreFailuresTotal.WithLabelValues(string(fp.family)).Inc()
+				if !full {
+					fp.metrics.IPTablesPartialRestoreFailuresTotal.WithLabelValues(string(fp.family)).Inc()
+				}
+			}
+			return err
+		}
+	}
+	if fp.metrics != nil {
+		filterN, natN := rt.ruleLines()
+		fp.metrics.IPTablesRulesLastSync.WithLabelValues(tableFilter, string(fp.family)).Set(float64(filterN))
+		fp.metrics.IPTablesRulesLastSync.WithLabelValues(tableNAT, string(fp.family)).Set(float64(natN))
+	}
+	return nil
+}
+
+// ensureJumps makes sure the built-in chains jump to the top-level chains (which the restore
+// just created). It runs on full syncs only, as upstream.
+func (fp *familyProxier) ensureJumps() error {
+	jumps := jumpRules
+	if fp.rules.usesKubeletFirewall() {
+		jumps = append(slices.Clone(jumpRules), kubeletFirewallJumps...)
+	}
+	for _, j := range jumps {
+		if err := fp.exec.EnsureRule(j.table, j.from, j.args()...); err != nil {
+			return fmt.Errorf("ensuring the jump from %s to %s in table %s: %w", j.from, j.to, j.table, err)
+		}
+	}
+	return nil
+}
+
+// comparePortNames orders service port names by namespace, name, port and protocol.
+func comparePortNames(a, b endpoints.ServicePortName) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Name, b.Name); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Port, b.Port); c != 0 {
+		return c
+	}
+	return strings.Compare(string(a.Protocol), string(b.Protocol))
+}
