@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
+	"k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/clock"
 
 	"github.com/nodeproxy/nodeproxy/proxier"
@@ -53,6 +54,7 @@ func Run(ctx context.Context, cfg *Config) error {
 	if !ok {
 		return fmt.Errorf("proxy mode %q is not available in this build", cfg.Mode)
 	}
+	cleanupOtherModes(cfg.Mode)
 	backend, stop, err := factory(ctx, env)
 	if err != nil {
 		return fmt.Errorf("starting the %s backend: %w", cfg.Mode, err)
@@ -112,6 +114,20 @@ func serve(ctx context.Context, cfg *Config, env *modeEnv, client kubernetes.Int
 		return nil
 	case err := <-errs:
 		return err
+	}
+}
+
+// cleanupOtherModes removes what the other modes (and upstream kube-proxy's other modes) may
+// have left on the node, as upstream does when it starts. Failures are logged: they must not
+// keep the chosen mode from running. A variable so that hermetic tests can replace it.
+var cleanupOtherModes = func(mode v1alpha1.ProxyMode) {
+	for m, clean := range cleanups {
+		if m == mode {
+			continue
+		}
+		if err := clean(); err != nil {
+			klog.InfoS("Could not remove another mode's rules", "mode", m, "err", err)
+		}
 	}
 }
 

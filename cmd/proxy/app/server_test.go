@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/kube-proxy/config/v1alpha1"
+
 	"github.com/nodeproxy/nodeproxy/proxier"
 )
 
@@ -87,7 +89,11 @@ func httpGet(t *testing.T, url string) (int, string) {
 
 func TestRunServesHealthMetricsAndHealthCheckNodePort(t *testing.T) {
 	backend := &recordingBackend{}
-	// Stand in for the userspace mode's backend: this test is about the server around it.
+	// Stand in for the userspace mode's backend: this test is about the server around it, and
+	// must not touch the host's rules.
+	savedCleanup := cleanupOtherModes
+	cleanupOtherModes = func(v1alpha1.ProxyMode) {}
+	defer func() { cleanupOtherModes = savedCleanup }()
 	saved, had := modes[ModeUserspace]
 	modes[ModeUserspace] = func(context.Context, *modeEnv) (proxier.Backend, func(), error) { return backend, func() {}, nil }
 	defer func() {
