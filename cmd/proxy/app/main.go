@@ -24,10 +24,14 @@ nftables rules, or forwards them in userspace.`
 
 // Main runs the proxy command line: it parses args, handles --help and
 // --version, completes and validates the configuration, writes it out for
-// --write-config-to, and otherwise calls run with the resolved Config. Any
+// --write-config-to, and otherwise calls run with the resolved Config
+// (`trace` as the first argument runs the trace subcommand instead). Any
 // error is printed to stderr as exactly one line "proxy: <error>" and yields
 // exit code 1; success yields 0.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, run func(context.Context, *Config) error) int {
+	if len(args) > 0 && args[0] == "trace" {
+		return runTrace(ctx, args[1:], stdout, stderr)
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "proxy: %s\n", oneLine(err.Error()))
 		return 1
