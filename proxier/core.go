@@ -260,6 +260,7 @@ func (c *Core) syncOnce() error {
 	start := c.clock.Now()
 	c.mu.Lock()
 	full := c.needFull || start.Sub(c.lastFull) >= FullSyncPeriod
+	c.needFull = false // consumed here, so a ForceFullSync during this sync is kept for the next
 	req := &SyncRequest{Full: full, Node: c.node, Trackers: c.trackers}
 	ctx := c.syncCtx
 	c.mu.Unlock()
@@ -269,7 +270,9 @@ func (c *Core) syncOnce() error {
 	err := c.backend.Sync(ctx, req)
 	took := c.clock.Since(start)
 	c.mu.Lock()
-	c.needFull = err != nil
+	if err != nil {
+		c.needFull = true
+	}
 	if err == nil && full {
 		c.lastFull = start
 	}

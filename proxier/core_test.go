@@ -181,3 +181,45 @@ func TestCoreQueuesHealthAndRunsLoop(t *testing.T) {
 		t.Fatal("SyncLoop did not return after cancel")
 	}
 }
+
+// forcingBackend asks for a full sync while its first sync runs, as a drift monitor may.
+type forcingBackend struct {
+	recordingBackend
+	core   *Core
+	forced bool
+}
+
+func (b *forcingBackend) Sync(ctx context.Context, req *SyncRequest) error {
+	if !b.forced {
+		b.forced = true
+		b.core.ForceFullSync()
+	}
+	return b.recordingBackend.Sync(ctx, req)
+}
+
+func TestCoreForceFullSyncDuringSyncIsKept(t *testing.T) {
+	b := &forcingBackend{}
+	c, err := NewCore(CoreConfig{NodeName: "node-a", Families: []v1.IPFamily{v1.IPv4Protocol}, SyncPeriod: time.Minute}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.core = c
+	c.OnServiceSynced()
+	c.OnEndpointSlicesSynced()
+	ctx := context.Background()
+	if err := c.SyncNow(ctx); err != nil { // the first sync is full and asks for another
+		t.Fatal(err)
+	}
+	if err := c.SyncNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !b.last().Full {
+		t.Fatal("a full sync requested during a sync was lost")
+	}
+	if err := c.SyncNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b.last().Full {
+		t.Error("the forced full sync repeated itself")
+	}
+}
