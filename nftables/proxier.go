@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -52,6 +55,12 @@ type Proxier struct {
 	// states hold what is committed per family; a missing state makes the next sync rebuild
 	// the family's table from scratch (at startup and after a failed transaction).
 	states map[v1.IPFamily]*familyState
+	// monitor is the drift monitor Run started (nil: none); Sync brackets its commits for it.
+	monitor atomic.Pointer[driftMonitor]
+	// commitMu is held across each commit and while a monitor starts (monitor.go).
+	commitMu sync.Mutex
+	// rebuild, set when another process changed our tables, makes the next Sync rebuild them.
+	rebuild atomic.Bool
 }
 
 var _ proxier.Backend = (*Proxier)(nil)
@@ -131,6 +140,9 @@ func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 		return fmt.Errorf("syncing nftables: %w", err)
 	}
 	start := time.Now()
+	if p.rebuild.Swap(false) {
+		clear(p.states) // the kernel no longer holds what they say
+	}
 	tx := &Transaction{}
 	next := map[v1.IPFamily]*familyState{}
 	for i, co := range req.Checkouts {
@@ -151,8 +163,12 @@ func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 		}
 		next[co.Family] = st
 	}
-	if err := p.conn.Apply(tx); err != nil {
+	own := p.beginOwnCommit(tx)
+	err := p.conn.Apply(tx)
+	own.end(err == nil)
+	if err != nil {
 		p.failed(next)
+		logFailedTransaction(tx)
 		return fmt.Errorf("syncing nftables (full=%t): %w", req.Full, err)
 	}
 	for f, st := range next {
@@ -234,6 +250,32 @@ func writeTableSetup(tx *Transaction, fc *familyConfig) {
 	for _, c := range fc.staticChains() {
 		tx.add(op{kind: opAddChain, fam: fam, table: TableName, chain: &c})
 	}
+}
+
+// failedTransactionLines bounds the lines of a failed transaction that are logged.
+const failedTransactionLines = 200
+
+// logFailedTransaction logs, at V(4), a failed transaction's size and its first operations in
+// nft syntax (upstream logs the whole failed transaction at that level).
+func logFailedTransaction(tx *Transaction) {
+	logger := klog.V(4)
+	if !logger.Enabled() {
+		return
+	}
+	var lines []string
+	for _, o := range tx.ops {
+		left := failedTransactionLines - len(lines)
+		if left <= 0 {
+			break
+		}
+		if len(o.elems) > left {
+			o.elems = o.elems[:left]
+		}
+		lines = append(lines, o.lines()...)
+	}
+	lines = lines[:min(len(lines), failedTransactionLines)]
+	logger.InfoS("Failed nftables transaction", "operations", tx.Operations(), "shownLines", len(lines),
+		"transaction", strings.Join(lines, "\n"))
 }
 
 // failed forgets the state of the families of a failed transaction: it no longer matches the
