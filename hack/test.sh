@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test with the race detector: unit tests, kernel tests in throwaway network
-# namespaces (as root), and the end-to-end suite. Extra arguments go to `go test`.
+# namespaces (as root), and the end-to-end suite against a control plane built from the
+# pinned upstream module (cached in .cache/). Extra arguments go to `go test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 hack/deps.sh
+if [ "$(id -u)" = 0 ]; then
+  hack/control-plane.sh >/dev/null   # kube-apiserver + kube-controller-manager for e2e, cached
+fi
 modprobe -q nf_conntrack 2>/dev/null || true
 modprobe -q nf_tables 2>/dev/null || true
 
