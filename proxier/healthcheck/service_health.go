@@ -126,7 +126,8 @@ func (s *ServiceHealthServer) listen(name types.NamespacedName, port uint16) (*s
 		svc.servers = append(svc.servers, srv)
 		go func() {
 			klog.V(3).InfoS("Serving healthcheck", "service", name, "address", ln.Addr())
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			// close shuts the listener before the server, so net.ErrClosed is a normal stop too.
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				klog.ErrorS(err, "Healthcheck server stopped", "service", name, "address", ln.Addr())
 			}
 		}()
