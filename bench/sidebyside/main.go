@@ -40,7 +40,7 @@
 //   - connect latency: the TCP handshake time of -connects sequential connections to a
 //     ClusterIP, median, from a thread inside node-a's namespace.
 //   - userspace table: a -transfer-mib MiB upload to the sink through a ClusterIP (dial to the
-//     sink's confirmed byte count) and completed connections per second (connect, one byte
+//     sink's confirmed byte count; median of 3) and completed connections per second (connect, one byte
 //     echoed, close) by -rate-workers clients for -rate-duration, through nodeproxy's nftables
 //     and userspace modes with 10 services.
 //

@@ -22,12 +22,14 @@ import (
 )
 
 // Polling for reachability: a new connection attempt every pollInterval (a retransmitted SYN
-// keeps the conntrack entry of its first try, so only new connections see new rules), at most
-// pollInFlight at once, each given attemptTimeout.
+// keeps the conntrack entry of its first try, so only new connections see new rules), each
+// given attemptTimeout. Attempts to a Service not programmed yet time out (their SYNs die in
+// the pod namespace), so pollInFlight must exceed attemptTimeout/pollInterval: with fewer
+// slots the poll would stall until the oldest attempts time out and report late.
 const (
 	pollInterval   = 20 * time.Millisecond
-	pollInFlight   = 32
 	attemptTimeout = time.Second
+	pollInFlight   = int(attemptTimeout/pollInterval) + 14
 )
 
 // errCapped marks a measurement that hit its time cap.
@@ -60,7 +62,7 @@ func waitReachable(ctx context.Context, c *cluster.Cluster, addr string, proxyDo
 			select {
 			case slots <- struct{}{}:
 			default:
-				continue // every slot busy: skip this tick
+				continue // every slot busy (cannot happen with pollInFlight's margin)
 			}
 			wg.Go(func() {
 				defer func() { <-slots }()

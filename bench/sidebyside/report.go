@@ -151,7 +151,7 @@ func proxyRows(cfg config) []tableRow {
 // userspaceRows are the rows of the userspace-versus-nftables table.
 func userspaceRows(cfg config) []tableRow {
 	return []tableRow{
-		{fmt.Sprintf("TCP throughput, %d MiB through a ClusterIP", cfg.transferMiB), "MiB/s", func(r *proxyResult) figure { return r.throughput }},
+		{fmt.Sprintf("TCP throughput, %d MiB through a ClusterIP, median of %d (min–max)", cfg.transferMiB, throughputRuns), "MiB/s", func(r *proxyResult) figure { return r.throughput }},
 		{fmt.Sprintf("new connections per second, %d clients, %v", cfg.rateWorkers, cfg.rateDuration), "conn/s", func(r *proxyResult) figure { return r.connectionsPerSecond }},
 		{fmt.Sprintf("connect latency, median of %d, 10 services", cfg.connects), "µs", func(r *proxyResult) figure { return r.connectSmall }},
 		{"baseline: connect latency to the pod IP, no Service", "µs", func(r *proxyResult) figure { return r.connectDirect }},
@@ -181,7 +181,8 @@ func renderReport(cfg config, env environment, results map[string]map[string]*pr
 	headers := [3]string{"upstream kube-proxy", "nodeproxy", "nodeproxy / upstream"}
 	for _, mode := range cfg.modes {
 		title := fmt.Sprintf("mode %s", mode)
-		if limit, ok := env.caps[mode]; ok && limit < cfg.cap {
+		anyCapped := results[mode][upstreamName].firstSync.status == capped || results[mode][nodeproxyName].firstSync.status == capped
+		if limit, ok := env.caps[mode]; ok && limit < cfg.cap && anyCapped {
 			title += fmt.Sprintf(" (cap of the %d-service runs lowered to %v to fit the time budget)", cfg.services, limit)
 		}
 		sb.WriteString(renderTable(title, headers, proxyRows(cfg), results[mode][upstreamName], results[mode][nodeproxyName]))
