@@ -13,9 +13,6 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// copyChunk is how much one splice round copies before the byte counters are updated.
-const copyChunk = 1 << 20
-
 // Bounds of the pause after a failed accept or read (out of file descriptors, for example).
 const (
 	minRetryBackoff = 5 * time.Millisecond
@@ -169,23 +166,14 @@ func (c *tcpConn) copyClientToEndpoint(done chan<- struct{}) {
 }
 
 // copyHalf copies src to dst until src ends, then half-closes dst, so each side sees the
-// other's FIN and may keep sending. io.CopyN between two *net.TCPConn splices in the kernel (a
-// LimitedReader over a TCPConn is spliced too); chunks only keep the byte counters current. A
-// failure (a reset, or a close after the grace period) ends both directions.
+// other's FIN and may keep sending. A failure (a reset, or a close after the grace period)
+// ends both directions.
 func (c *tcpConn) copyHalf(dst, src *net.TCPConn, counter prometheus.Counter) {
-	for {
-		n, err := io.CopyN(dst, src, copyChunk)
-		counter.Add(float64(n))
-		switch {
-		case err == nil:
-			continue
-		case errors.Is(err, io.EOF):
-			_ = dst.CloseWrite()
-		default:
-			c.closeNow()
-		}
+	if err := copyStream(dst, src, counter); errors.Is(err, io.EOF) {
+		_ = dst.CloseWrite()
 		return
 	}
+	c.closeNow()
 }
 
 // resetConn closes conn with a TCP reset.

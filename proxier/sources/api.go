@@ -6,7 +6,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -67,19 +66,11 @@ func RunAPI(ctx context.Context, client kubernetes.Interface, nodeName string, r
 }
 
 // newFactory builds an informer factory with the resync period, the list tweak and the
-// managedFields-stripping transform.
+// trimming transform.
 func newFactory(client kubernetes.Interface, resync time.Duration, tweak func(*metav1.ListOptions)) informers.SharedInformerFactory {
 	return informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTransform(trimManagedFields),
+		informers.WithTransform(trimObject),
 		informers.WithTweakListOptions(tweak))
-}
-
-// trimManagedFields drops metadata.managedFields: the proxy never reads it, and it is large.
-func trimManagedFields(obj any) (any, error) {
-	if accessor, err := meta.Accessor(obj); err == nil {
-		accessor.SetManagedFields(nil)
-	}
-	return obj, nil
 }
 
 // watchServices registers h for Service events and returns the registration's synced check.
