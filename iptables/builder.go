@@ -12,14 +12,15 @@ import (
 )
 
 // topRule is one rule a service port owns in a top-level chain shared by every service port
-// (KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL).
+// (KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL, KUBE-HAIRPIN).
 type topRule struct {
 	table, chain string
 	// spec is the rule after "-A CHAIN ", in restore syntax.
 	spec string
 }
 
-// chainRules is one per-service-port nat chain with its rules (specs after "-A CHAIN ").
+// chainRules is one chain with its rules (specs after "-A CHAIN "): a per-service-port nat
+// chain (KUBE-SVC/SVL/EXT/FW), or KUBE-MARK-MASQ at the head of a chunk restore.
 type chainRules struct {
 	name  string
 	rules []string
@@ -113,9 +114,6 @@ func (fr *familyRules) buildPort(p *proxier.ServicePort, eps []endpoints.Endpoin
 	}
 	if pl.usesLocal {
 		out.chains = append(out.chains, pl.policyChain(pl.names.local, pl.choice.Local))
-	}
-	for _, ep := range pl.choice.AllReachable {
-		out.chains = append(out.chains, pl.endpointChain(ep))
 	}
 	return out
 }

@@ -33,16 +33,13 @@ func TestBuildExternal(t *testing.T) {
 			`nat KUBE-NODEPORTS -m comment --comment "ns2/lb:p80" -m tcp -p tcp --dport 3001 -j {EXT}`,
 		}
 	}
-	sepRules := []string{
-		`nat {SEP 10.180.0.1:80} -m comment --comment "ns2/lb:p80" -s 10.180.0.1 -j KUBE-MARK-MASQ`,
-		`nat {SEP 10.180.0.1:80} -m comment --comment "ns2/lb:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-		`nat {SEP 10.180.0.2:80} -m comment --comment "ns2/lb:p80" -s 10.180.0.2 -j KUBE-MARK-MASQ`,
-		`nat {SEP 10.180.0.2:80} -m comment --comment "ns2/lb:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+	hairpin := []string{
+		`nat KUBE-HAIRPIN -m comment --comment "ns2/lb:p80 hairpin 10.180.0.2:80" -m conntrack --ctstate DNAT -s 10.180.0.2 -d 10.180.0.2 -m tcp -p tcp --dport 80 -j KUBE-MARK-MASQ`,
 	}
 	svcRules := []string{
 		`nat {SVC} -m comment --comment "ns2/lb:p80 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j {SEP 10.180.0.1:80}`,
-		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -j {SEP 10.180.0.2:80}`,
+		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 	}
 	cat := func(parts ...[]string) []string {
 		var out []string
@@ -54,22 +51,23 @@ func TestBuildExternal(t *testing.T) {
 	runBuilderCases(t, []builderCase{{
 		name: "eTP Cluster: everything external is masqueraded",
 		port: lbCluster, eps: []endpoints.Endpoint{remote, local},
-		want: cat(frontends("{EXT}"), []string{
+		want: cat(frontends("{EXT}"), hairpin, []string{
 			`nat {EXT} -m comment --comment "masquerade traffic for ns2/lb:p80 external destinations" -j KUBE-MARK-MASQ`,
 			`nat {EXT} -j {SVC}`,
-		}, svcRules, sepRules),
+		}, svcRules),
 	}, {
 		name: "eTP Local: pods and the host short-circuit, others go to local endpoints",
 		port: lbLocal, eps: []endpoints.Endpoint{remote, local},
 		want: cat(frontends("{EXT}"), []string{
 			`filter KUBE-NODEPORTS -m comment --comment "ns2/lb:p80 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT`,
+		}, hairpin, []string{
 			`nat {EXT} -m comment --comment "pod traffic for ns2/lb:p80 external destinations" -s 10.0.0.0/8 -j {SVC}`,
 			`nat {EXT} -m comment --comment "masquerade LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`,
 			`nat {EXT} -m comment --comment "route LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j {SVC}`,
 			`nat {EXT} -j {SVL}`,
 		}, svcRules, []string{
-			`nat {SVL} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -j {SEP 10.180.0.2:80}`,
-		}, sepRules),
+			`nat {SVL} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+		}),
 	}, {
 		name: "eTP Local without local endpoints: outside traffic dropped",
 		port: lbLocal, eps: []endpoints.Endpoint{remote},
@@ -86,9 +84,7 @@ func TestBuildExternal(t *testing.T) {
 			`nat {EXT} -m comment --comment "masquerade LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`,
 			`nat {EXT} -m comment --comment "route LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns2/lb:p80 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -j {SEP 10.180.0.1:80}`,
-			`nat {SEP 10.180.0.1:80} -m comment --comment "ns2/lb:p80" -s 10.180.0.1 -j KUBE-MARK-MASQ`,
-			`nat {SEP 10.180.0.1:80} -m comment --comment "ns2/lb:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}})
 }
@@ -129,9 +125,7 @@ func TestBuildFirewallAndPolicies(t *testing.T) {
 			`nat {FW} -m comment --comment "ns3/fw:p80 loadbalancer IP" -s 1.2.3.4 -j {EXT}`,
 			`nat {FW} -m comment --comment "other traffic to ns3/fw:p80 will be dropped by KUBE-PROXY-FIREWALL"`,
 			`nat {SVC} -m comment --comment "ns3/fw:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns3/fw:p80 -> 10.180.0.1:80" -j {SEP 10.180.0.1:80}`,
-			`nat {SEP 10.180.0.1:80} -m comment --comment "ns3/fw:p80" -s 10.180.0.1 -j KUBE-MARK-MASQ`,
-			`nat {SEP 10.180.0.1:80} -m comment --comment "ns3/fw:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns3/fw:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}, {
 		name: "iTP Local without local endpoints: ClusterIP traffic dropped",
@@ -148,18 +142,15 @@ func TestBuildFirewallAndPolicies(t *testing.T) {
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns4/both:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j {SVL}`,
 			`nat KUBE-NODEPORTS -m comment --comment "ns4/both:p80" -m tcp -p tcp --dport 3004 -j {EXT}`,
+			`nat KUBE-HAIRPIN -m comment --comment "ns4/both:p80 hairpin 10.180.0.2:80" -m conntrack --ctstate DNAT -s 10.180.0.2 -d 10.180.0.2 -m tcp -p tcp --dport 80 -j KUBE-MARK-MASQ`,
 			`nat {EXT} -m comment --comment "pod traffic for ns4/both:p80 external destinations" -s 10.0.0.0/8 -j {SVC}`,
 			`nat {EXT} -m comment --comment "masquerade LOCAL traffic for ns4/both:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`,
 			`nat {EXT} -m comment --comment "route LOCAL traffic for ns4/both:p80 external destinations" -m addrtype --src-type LOCAL -j {SVC}`,
 			`nat {EXT} -j {SVL}`,
-			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j {SEP 10.180.0.1:80}`,
-			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -j {SEP 10.180.0.2:80}`,
+			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 			`nat {SVL} -m comment --comment "ns4/both:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVL} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -j {SEP 10.180.0.2:80}`,
-			`nat {SEP 10.180.0.1:80} -m comment --comment "ns4/both:p80" -s 10.180.0.1 -j KUBE-MARK-MASQ`,
-			`nat {SEP 10.180.0.1:80} -m comment --comment "ns4/both:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-			`nat {SEP 10.180.0.2:80} -m comment --comment "ns4/both:p80" -s 10.180.0.2 -j KUBE-MARK-MASQ`,
-			`nat {SEP 10.180.0.2:80} -m comment --comment "ns4/both:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVL} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 		},
 	}})
 }

@@ -19,7 +19,7 @@ const cleanupTimeout = time.Minute
 // ownedTopChains are the top-level chains Cleanup deletes, per table: upstream kube-proxy's
 // and nodeproxy's (the same names). Kubelet's KUBE-FIREWALL is not among them.
 var ownedTopChains = map[string][]string{
-	tableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq, ChainCanary},
+	tableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq, ChainHairpin, ChainCanary},
 	tableFilter: {ChainServices, ChainExternalServices, ChainForward, ChainNodePorts, ChainProxyFirewall, ChainCanary},
 }
 

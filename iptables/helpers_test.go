@@ -46,7 +46,8 @@ func ep(addr string, local bool) endpoints.Endpoint {
 	return endpoints.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), NodeName: node, Local: local, Ready: true, Serving: true}
 }
 
-// placeholder matches {SVC}, {SVL}, {EXT}, {FW} and {SEP ip:port} in expected rules.
+// placeholder matches {SVC}, {SVL}, {EXT}, {FW} and {SEP ip:port} (upstream's KUBE-SEP chain
+// name of the endpoint: the name of its session-affinity list) in expected rules.
 var placeholder = regexp.MustCompile(`\{(SVC|SVL|EXT|FW|SEP [^}]+)\}`)
 
 // expand replaces placeholders with the chain names of port p.

@@ -85,6 +85,16 @@ func save(t *testing.T, ns, variant string, family v1.IPFamily, table string) st
 	return inNS(t, ns, bin, "-t", table)
 }
 
+// restoreInNS feeds data to iptables-VARIANT-restore --noflush in ns.
+func restoreInNS(t *testing.T, ns, variant, data string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns, "iptables-"+variant+"-restore", "-w", "5", "--noflush")
+	cmd.Stdin = strings.NewReader(data)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-%s-restore in %s: %v: %s", variant, ns, err, out)
+	}
+}
+
 // savedRules returns the "-A CHAIN ..." lines of one chain in iptables-save output.
 func savedRules(saved, chain string) []string {
 	var out []string
@@ -118,7 +128,11 @@ func TestKernelSyncs(t *testing.T) {
 	needRoot(t)
 	for _, variant := range variants {
 		t.Run(variant, func(t *testing.T) {
+			// nft syncs are split into chunks of (at most) one port's chains; and the namespace
+			// starts with an upstream kube-proxy ruleset (KUBE-SEP chains) to take over.
+			setChunkChains(t, 1)
 			ns := newTestNetNS(t)
+			restoreInNS(t, ns, variant, upstreamRuleset(upstreamShape("a", "172.30.0.1", "10.1.0.7"), upstreamShape("gone", "172.30.0.9", "10.1.0.8")))
 			w := kernelWorld(t, ns, variant, v1.IPv4Protocol, v1.IPv6Protocol)
 			w.addService(svc("ns", "a", "172.30.0.1", func(s *v1.Service) { s.Spec.Type, s.Spec.Ports[0].NodePort = v1.ServiceTypeNodePort, 30001 }))
 			w.addSlice(slice("ns", "a", "10.1.0.1", "local:10.1.0.2"))
@@ -141,6 +155,12 @@ func TestKernelSyncs(t *testing.T) {
 			}
 			if got := savedRules(nat, svcA.cluster); len(got) != 3 {
 				t.Errorf("%s has %d rules, want 3 (masquerade + 2 endpoints): %q", svcA.cluster, len(got), got)
+			}
+			if strings.Contains(nat, prefixEndpoint) || strings.Contains(nat, "10.1.0.7") || strings.Contains(nat, "ns/gone") {
+				t.Errorf("upstream's KUBE-SEP chains or Services survived the full sync:\n%s", nat)
+			}
+			if got := savedRules(nat, ChainHairpin); len(got) != 1 || !strings.Contains(got[0], "-s 10.1.0.2/32 -d 10.1.0.2/32") {
+				t.Errorf("KUBE-HAIRPIN = %q, want the rule of the local endpoint 10.1.0.2", got)
 			}
 			filter := save(t, ns, variant, v1.IPv4Protocol, "filter")
 			if !strings.Contains(filter, `"ns/b:p80 has no endpoints"`) || !strings.Contains(filter, "-j REJECT") {

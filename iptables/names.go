@@ -23,6 +23,10 @@ const (
 	ChainNodePorts = "KUBE-NODEPORTS"
 	// ChainPostrouting (nat) masquerades marked traffic.
 	ChainPostrouting = "KUBE-POSTROUTING"
+	// ChainHairpin (nat, jumped to first from KUBE-POSTROUTING) marks for masquerading the
+	// connections a node-local endpoint makes to itself through a Service (hairpin). It is
+	// nodeproxy's own: upstream does this in each KUBE-SEP chain, which nodeproxy has not.
+	ChainHairpin = "KUBE-HAIRPIN"
 	// ChainMarkMasq (nat) marks a packet for masquerading.
 	ChainMarkMasq = "KUBE-MARK-MASQ"
 	// ChainForward (filter) accepts forwarded service traffic and drops INVALID conntrack state.
@@ -37,7 +41,10 @@ const (
 	ChainKubeletFirewall = "KUBE-FIREWALL"
 )
 
-// Per-service-port chain name prefixes (all in nat), as upstream.
+// Per-service-port chain name prefixes (all in nat), as upstream. nodeproxy writes no
+// KUBE-SEP chain (its KUBE-SVC/SVL chains DNAT directly); the prefix is kept to delete
+// upstream's (or older nodeproxy's) KUBE-SEP chains, and KUBE-SEP names are the names of the
+// session-affinity "recent" lists.
 const (
 	prefixClusterPolicy = "KUBE-SVC-"
 	prefixLocalPolicy   = "KUBE-SVL-"
@@ -84,7 +91,10 @@ func chainsFor(name, proto string) portChains {
 	}
 }
 
-// endpointChain returns the KUBE-SEP chain of one endpoint ("ip:port" or "[ip6]:port").
+// endpointChain returns upstream's KUBE-SEP chain name of one endpoint ("ip:port" or
+// "[ip6]:port"). nodeproxy uses it as the name of the endpoint's session-affinity list
+// (-m recent --name), which upstream names after that chain, so that affinity state carries
+// over between the two.
 func endpointChain(name, proto, endpoint string) string {
 	return prefixEndpoint + hash16(name+proto+endpoint)
 }

@@ -98,3 +98,18 @@ func TestPacketFlowKernel(t *testing.T) {
 		}
 	}
 }
+
+func TestPacketFlowKernelChunked(t *testing.T) {
+	// Every sync of the World is split into many chunk restores (nft only splits).
+	setChunkChains(t, 3)
+	proxiertest.RunKernel(t, proxiertest.NewConfig(v1.IPv4Protocol), func(t *testing.T, nodeNS netns.NsHandle, pc proxiertest.Config) proxier.Backend {
+		cfg := configFor(pc)
+		cfg.Variant = VariantNFT
+		cfg.NetNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(nodeNS))
+		p, err := New(cfg)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		return p
+	}, iptablesOnlySkips)
+}

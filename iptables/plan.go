@@ -127,6 +127,9 @@ func (pl *portPlan) topRules() []topRule {
 	if p.HealthCheckNodePort != 0 {
 		add(tableFilter, ChainNodePorts, join(comment(pl.name+" health check node port"), protoMatch("tcp"), "--dport", strconv.Itoa(int(p.HealthCheckNodePort)), jump("ACCEPT")))
 	}
+	for _, r := range pl.hairpinRules() {
+		add(r.table, r.chain, r.spec)
+	}
 	return out
 }
 
@@ -192,37 +195,57 @@ func (pl *portPlan) firewallChain() (chainRules, bool) {
 	return c, true
 }
 
-// policyChain returns a KUBE-SVC or KUBE-SVL chain balancing over eps (with affinity checks
-// first when ClientIP affinity is on).
+// policyChain returns a KUBE-SVC or KUBE-SVL chain balancing over eps, DNATing directly (no
+// KUBE-SEP chains). With ClientIP affinity, a rule per endpoint first sends clients it has
+// seen within the timeout back to it (and refreshes their entry, as upstream's KUBE-SEP --set
+// does); the balancing rules then record the client in the chosen endpoint's list. The list
+// is set after the statistic match, so only when that rule was chosen.
 func (pl *portPlan) policyChain(name string, eps []endpoints.Endpoint) chainRules {
 	c := chainRules{name: name, rules: pl.internalMasqRules(name)}
 	if pl.p.ClientIPAffinity {
 		seconds := strconv.Itoa(int(pl.p.StickyMaxAgeSeconds))
 		for _, ep := range eps {
-			sep := endpointChain(pl.name, pl.proto, ep.String())
 			c.rules = append(c.rules, join(comment(pl.name+" -> "+ep.String()),
-				"-m recent --name", sep, "--rcheck --seconds", seconds, "--reap", jump(sep)))
+				"-m recent --name", pl.affinityList(ep), "--update --seconds", seconds, "--reap", pl.dnat(ep)))
 		}
 	}
 	for i, ep := range eps {
-		stat := ""
+		stat, recent := "", ""
 		if i < len(eps)-1 {
 			stat = "-m statistic --mode random --probability " + probability(len(eps)-i)
 		}
-		c.rules = append(c.rules, join(comment(pl.name+" -> "+ep.String()), stat, jump(endpointChain(pl.name, pl.proto, ep.String()))))
+		if pl.p.ClientIPAffinity {
+			recent = "-m recent --name " + pl.affinityList(ep) + " --set"
+		}
+		c.rules = append(c.rules, join(comment(pl.name+" -> "+ep.String()), stat, recent, pl.dnat(ep)))
 	}
 	return c
 }
 
-// endpointChain returns the KUBE-SEP chain of one endpoint: hairpin masquerade, then DNAT.
-func (pl *portPlan) endpointChain(ep endpoints.Endpoint) chainRules {
-	name := endpointChain(pl.name, pl.proto, ep.String())
-	recent := ""
-	if pl.p.ClientIPAffinity {
-		recent = "-m recent --name " + name + " --set"
+// affinityList returns the name of an endpoint's session-affinity list: upstream's KUBE-SEP
+// chain name of the endpoint, which upstream uses as the list name.
+func (pl *portPlan) affinityList(ep endpoints.Endpoint) string {
+	return endpointChain(pl.name, pl.proto, ep.String())
+}
+
+// dnat returns "-m proto -p proto -j DNAT --to-destination EP".
+func (pl *portPlan) dnat(ep endpoints.Endpoint) string {
+	return join(protoMatch(pl.proto), jump("DNAT"), "--to-destination", ep.String())
+}
+
+// hairpinRules returns the port's KUBE-HAIRPIN rules: a node-local endpoint reaching itself
+// through the Service (source and DNATed destination are its own address) is masqueraded,
+// so that its replies come back through conntrack. Remote endpoints cannot hairpin here.
+func (pl *portPlan) hairpinRules() []topRule {
+	var out []topRule
+	for _, ep := range pl.choice.AllReachable {
+		if !ep.Local {
+			continue
+		}
+		ip := ep.IP.String()
+		out = append(out, topRule{table: tableNAT, chain: ChainHairpin, spec: join(
+			comment(pl.name+" hairpin "+ep.String()), "-m conntrack --ctstate DNAT", "-s", ip, "-d", ip,
+			protoMatch(pl.proto), "--dport", strconv.Itoa(int(ep.Port)), jump(ChainMarkMasq))})
 	}
-	return chainRules{name: name, rules: []string{
-		join(comment(pl.name), "-s", ep.IP.String(), jump(ChainMarkMasq)),
-		join(comment(pl.name), recent, protoMatch(pl.proto), jump("DNAT"), "--to-destination", ep.String()),
-	}}
+	return out
 }

@@ -101,7 +101,8 @@ func New(cfg Config) (*Proxier, error) {
 				return nil, fmt.Errorf("creating the %s iptables proxier: %w", family, err)
 			}
 		}
-		p.families = append(p.families, &familyProxier{family: family, exec: exec, rules: fr, metrics: cfg.Metrics})
+		p.families = append(p.families, &familyProxier{family: family, exec: exec, rules: fr, metrics: cfg.Metrics,
+			splitRestores: variant != VariantLegacy})
 	}
 	klog.InfoS("Created the iptables proxier", "families", cfg.Families, "variant", variant, "netns", ns.String())
 	return p, nil
@@ -191,7 +192,8 @@ func containsAddr(prefixes []netip.Prefix, ip netip.Addr) bool {
 }
 
 // Sync implements proxier.Backend: one iptables-restore per family (none when nothing
-// changed). Families are programmed concurrently.
+// changed; with iptables-nft, a big sync is split into chunk restores and a final one).
+// Families are programmed concurrently.
 func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 	type job struct {
 		fp      *familyProxier

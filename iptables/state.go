@@ -81,10 +81,12 @@ type builtPort struct {
 }
 
 // renderFull writes a full sync: every top-level chain flushed and rewritten, every port's
-// chains written, and the stale service chains (existing, but not built) deleted. It returns
-// the input and the state it programs.
-func renderFull(fr *familyRules, ports []builtPort, existingNAT []string) (*restoreText, *committed) {
-	rt := &restoreText{}
+// chains written, and the stale service chains (existing, but not built: among them
+// upstream's and older nodeproxy's KUBE-SEP chains) deleted. It returns the write and the
+// state it programs.
+func renderFull(fr *familyRules, ports []builtPort, existingNAT []string) (*syncWrite, *committed) {
+	sw := &syncWrite{support: []chainRules{fr.markMasqChain()}}
+	rt := &sw.final
 	state := &committed{ports: make(map[endpoints.ServicePortName]*committedPort, len(ports))}
 	top := fr.topChains()
 	for _, table := range []string{tableFilter, tableNAT} {
@@ -102,23 +104,21 @@ func renderFull(fr *familyRules, ports []builtPort, existingNAT []string) (*rest
 			rt.appendRule(r)
 		}
 		state.set(p.name, newCommittedPort(p.rules))
+		sw.addPort(p.rules.chains)
+		for _, c := range p.rules.chains {
+			active[c.name] = true
+		}
 	}
 	for _, r := range fr.nodePortJumps() {
 		rt.appendRule(r)
 		state.countStatic(r.table)
-	}
-	for _, p := range ports {
-		for _, c := range p.rules.chains {
-			rt.writeChain(tableNAT, c)
-			active[c.name] = true
-		}
 	}
 	for _, name := range existingNAT {
 		if isServiceChain(name) && !active[name] {
 			rt.deleteChain(tableNAT, name)
 		}
 	}
-	return rt, state
+	return sw, state
 }
 
 // countStatic counts one rule that belongs to no service port.
@@ -133,10 +133,10 @@ func (c *committed) countStatic(table string) {
 }
 
 // renderPortChange writes what turns old (nil: the port had no rules) into cur (nil: the port
-// is gone) and returns the record of cur (nil when cur is nil). Top-level rules are deleted
-// and added one by one; a chain is written only if its content changed, and deleted when it
-// is no longer used.
-func renderPortChange(rt *restoreText, old *committedPort, cur *portRules) *committedPort {
+// is gone) and returns the record of cur (nil when cur is nil). The chains whose content
+// changed are written as the port's chains of sw; top-level rules are deleted and added one
+// by one, and chains no longer used deleted, in sw's final restore.
+func renderPortChange(sw *syncWrite, old *committedPort, cur *portRules) *committedPort {
 	var oldTop []topRule
 	var oldChains map[string]digest
 	if old != nil {
@@ -147,12 +147,15 @@ func renderPortChange(rt *restoreText, old *committedPort, cur *portRules) *comm
 	if cur != nil {
 		rec = newCommittedPort(cur)
 		curTop = cur.top
+		var changed []chainRules
 		for _, c := range cur.chains {
 			if d, ok := oldChains[c.name]; !ok || d != rec.chains[c.name] {
-				rt.writeChain(tableNAT, c)
+				changed = append(changed, c)
 			}
 		}
+		sw.addPort(changed)
 	}
+	rt := &sw.final
 	for _, r := range oldTop {
 		if !slices.Contains(curTop, r) {
 			rt.deleteRule(r)

@@ -72,7 +72,7 @@ func (fr *familyRules) topChains() map[string][]string {
 	}
 	return map[string][]string{
 		tableFilter: filter,
-		tableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq},
+		tableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq, ChainHairpin},
 	}
 }
 
@@ -84,11 +84,16 @@ func (fr *familyRules) staticRules() []topRule {
 	nat := func(chain, spec string) { out = append(out, topRule{table: tableNAT, chain: chain, spec: spec}) }
 	filter := func(chain, spec string) { out = append(out, topRule{table: tableFilter, chain: chain, spec: spec}) }
 
+	// Hairpin connections get the mark first (only DNATed ones can be hairpin: the jump skips
+	// every other connection cheaply), so the mark check below masquerades them.
+	nat(ChainPostrouting, join(comment("kubernetes hairpin traffic requiring SNAT"), "-m conntrack --ctstate DNAT", jump(ChainHairpin)))
 	nat(ChainPostrouting, join("-m mark ! --mark", mark, jump("RETURN")))
 	// Clear the mark so that a packet re-traversing the stack is not masqueraded twice.
 	nat(ChainPostrouting, join(jump("MARK"), "--xor-mark", fr.masqMark))
 	nat(ChainPostrouting, join(comment("kubernetes service traffic requiring SNAT"), jump("MASQUERADE"), "--random-fully"))
-	nat(ChainMarkMasq, join(jump("MARK"), "--or-mark", fr.masqMark))
+	for _, r := range fr.markMasqChain().rules {
+		nat(ChainMarkMasq, r)
+	}
 
 	if fr.usesKubeletFirewall() {
 		filter(ChainKubeletFirewall, join(comment("block incoming localnet connections"),
@@ -100,6 +105,13 @@ func (fr *familyRules) staticRules() []topRule {
 	filter(ChainForward, join(comment("kubernetes forwarding rules"), "-m mark --mark", mark, jump("ACCEPT")))
 	filter(ChainForward, join(comment("kubernetes forwarding conntrack rule"), "-m conntrack --ctstate RELATED,ESTABLISHED", jump("ACCEPT")))
 	return out
+}
+
+// markMasqChain returns KUBE-MARK-MASQ with its rule. Per-port chains jump to it, so chunk
+// restores (which write per-port chains before the final restore writes the top level)
+// rewrite it too: each chunk then restores into an empty table as well.
+func (fr *familyRules) markMasqChain() chainRules {
+	return chainRules{name: ChainMarkMasq, rules: []string{join(jump("MARK"), "--or-mark", fr.masqMark)}}
 }
 
 // nodePortJumps returns the rules that must end nat KUBE-SERVICES: local destinations (all, or

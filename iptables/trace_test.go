@@ -64,12 +64,13 @@ func (tr *tracer) runChain(table, chain string, p tracePkt, depth int) (finals, 
 		}
 		var next []tracePkt
 		for _, pk := range cur {
-			matched, fork, after := tr.match(args, pk)
-			if !matched || fork {
-				next = append(next, after)
-			}
+			matched, after, skip, forked := tr.match(args, pk)
 			if !matched {
+				next = append(next, after)
 				continue
+			}
+			if forked {
+				next = append(next, skip)
 			}
 			f, cont, ret := tr.target(table, args, after, depth)
 			finals = append(finals, f...)
@@ -88,10 +89,13 @@ func mustChainNames(f *Fake, table string) []string {
 	return f.table(table).chainOrder(table)
 }
 
-// match evaluates a rule's matches. fork is true for a random (statistic) match: the packet
-// takes the rule and also goes on without it. after is p with the match's side effects.
-func (tr *tracer) match(args []string, p tracePkt) (matched, fork bool, after tracePkt) {
-	neg, ok := false, true
+// match evaluates a rule's matches in order, as iptables does: the first one that fails ends
+// the evaluation, so the side effects of later ones (-m recent --set) do not happen. A random
+// (statistic) match forks: the packet takes the rule, and also goes on as it was when the
+// statistic match let it by (skip, valid when forked). after is p with the side effects of the
+// matches evaluated.
+func (tr *tracer) match(args []string, p tracePkt) (matched bool, after tracePkt, skip tracePkt, forked bool) {
+	neg := false
 	for i := 0; i < len(args); i++ {
 		opt := args[i]
 		if opt == "!" {
@@ -105,19 +109,24 @@ func (tr *tracer) match(args []string, p tracePkt) (matched, fork bool, after tr
 		if i+1 < len(args) {
 			val = args[i+1]
 		}
+		before := p
 		res, consumed, known := tr.matchOption(opt, val, &p)
 		if !known {
 			tr.errorf("unknown match %q in %q", opt, args)
-			return false, false, p
+			return false, p, p, false
 		}
-		fork = fork || opt == "--probability"
 		if neg {
 			res, neg = !res, false
 		}
-		ok = ok && res
+		if !res {
+			return false, p, skip, false
+		}
+		if opt == "--probability" {
+			skip, forked = before, true
+		}
 		i += consumed
 	}
-	return ok, fork && ok, p
+	return true, p, skip, forked
 }
 
 // matchOption evaluates one option. consumed is how many arguments after opt it used.
@@ -127,7 +136,7 @@ func (tr *tracer) matchOption(opt, val string, p *tracePkt) (res bool, consumed 
 		return true, 1, true
 	case "--reap":
 		return true, 0, true
-	case "--rcheck": // no affinity history for a first packet, but the path honours affinity
+	case "--rcheck", "--update": // no affinity history for a first packet, but the path honours affinity
 		p.sticky = true
 		return false, 0, true
 	case "--set":
@@ -219,7 +228,16 @@ func (tr *tracer) target(table string, args []string, p tracePkt, depth int) (fi
 func (tr *tracer) trace(cfg proxiertest.Config, c proxiertest.Case) proxiertest.Traced {
 	tr.errs = nil
 	p := tracePkt{src: proxiertest.SourceAddr(cfg, c), dst: c.Dst, proto: strings.ToLower(string(c.Protocol)), dport: int(c.Port)}
-	fromNode := c.From == proxiertest.FromNode
+	got := combine(tr.paths(p, c.From == proxiertest.FromNode))
+	if len(tr.errs) > 0 {
+		got.Verdict = proxiertest.Verdict("tracer error: " + strings.Join(tr.errs, "; "))
+	}
+	return got
+}
+
+// paths runs p through nat PREROUTING (OUTPUT when fromNode), filter and nat POSTROUTING, and
+// returns the outcome of every candidate path (one per endpoint a random choice may pick).
+func (tr *tracer) paths(p tracePkt, fromNode bool) []tracePkt {
 	natChain := "PREROUTING"
 	if fromNode {
 		natChain = "OUTPUT"
@@ -229,11 +247,7 @@ func (tr *tracer) trace(cfg proxiertest.Config, c proxiertest.Case) proxiertest.
 	for _, b := range append(finals, live...) {
 		outcomes = append(outcomes, tr.afterNAT(b, fromNode))
 	}
-	got := combine(outcomes)
-	if len(tr.errs) > 0 {
-		got.Verdict = proxiertest.Verdict("tracer error: " + strings.Join(tr.errs, "; "))
-	}
-	return got
+	return outcomes
 }
 
 // afterNAT runs a packet leaving nat PREROUTING/OUTPUT through filter and POSTROUTING.
