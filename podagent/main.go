@@ -1,10 +1,10 @@
-// Command podagent plays the kubelet's part for one node in end-to-end tests of the
-// proxy: `podagent run` registers the node and runs the pods bound to it as host
-// processes in network namespaces, `podagent serve` is the test server those pods
-// run, and `podagent cleanup` removes what a crashed agent left behind.
+// Command podagent is a kubelet stand-in for end-to-end tests: `run` registers a node and
+// runs its pods as processes in network namespaces, `serve` is the pods' test server,
+// and `cleanup` removes what a crashed agent left behind.
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -84,29 +85,20 @@ func runAgent(ctx context.Context, fs *flag.FlagSet, args []string) error {
 	case *podCIDR6 != "" && !cidrs[1].Addr().Is6():
 		return errors.New("--pod-cidr6 must be an IPv6 CIDR")
 	}
-	if *prefix == "" {
-		*prefix = pods.DefaultPrefix(*nodeName)
-	}
-	if *logDir == "" {
-		*logDir = filepath.Join(os.TempDir(), "podagent-"+*nodeName)
-	}
+	*prefix = cmp.Or(*prefix, pods.DefaultPrefix(*nodeName))
+	*logDir = cmp.Or(*logDir, filepath.Join(os.TempDir(), "podagent-"+*nodeName))
+	var client *kubernetes.Clientset
 	restConfig, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
-	if err != nil {
-		return fmt.Errorf("loading kubeconfig: %w", err)
+	if err == nil {
+		client, err = kubernetes.NewForConfig(restConfig)
 	}
-	client, err := kubernetes.NewForConfig(restConfig)
 	if err != nil {
-		return fmt.Errorf("creating API client: %w", err)
+		return fmt.Errorf("creating API client from %s: %w", *kubeconfig, err)
 	}
 	if err := pods.Cleanup(*prefix); err != nil {
 		klog.ErrorS(err, "Removing leftovers of an earlier agent")
 	}
-	nodeNS, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("opening the node's network namespace: %w", err)
-	}
-	defer nodeNS.Close()
-	rt, err := pods.NewNetnsRuntime(nodeNS, *bridge, cidrs)
+	rt, err := pods.NewNetnsRuntime(netns.None(), *bridge, cidrs)
 	if err != nil {
 		return err
 	}
@@ -121,8 +113,15 @@ func runAgent(ctx context.Context, fs *flag.FlagSet, args []string) error {
 		NodeName: *nodeName, SandboxPrefix: *prefix, NodeIPs: nodeCfg.IPs, PodCIDRs: cidrs, Client: client,
 		Runtime: rt, LogDir: *logDir, MaxGracePeriod: *maxGrace,
 	})
-	if err == nil {
-		err = registerNode(ctx, client, nodeCfg)
+	if err == nil { // register, retrying every 2 s until the API server answers
+		err = wait.PollUntilContextCancel(ctx, 2*time.Second, true, func(ctx context.Context) (bool, error) {
+			if err := node.Register(ctx, client, nodeCfg); err != nil {
+				klog.ErrorS(err, "Registering node; retrying", "node", *nodeName)
+				return false, nil
+			}
+			klog.InfoS("Node registered", "node", *nodeName)
+			return true, nil
+		})
 	}
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		err = nil // stopped before the API server answered
@@ -133,23 +132,6 @@ func runAgent(ctx context.Context, fs *flag.FlagSet, args []string) error {
 	}
 	klog.InfoS("Stopping: removing pod sandboxes", "prefix", *prefix)
 	return errors.Join(err, rt.Close(), pods.Cleanup(*prefix))
-}
-
-// registerNode registers the node, retrying every 2 s until the API server answers.
-func registerNode(ctx context.Context, client kubernetes.Interface, cfg node.Config) error {
-	for {
-		err := node.Register(ctx, client, cfg)
-		if err == nil {
-			klog.InfoS("Node registered", "node", cfg.Name)
-			return nil
-		}
-		klog.ErrorS(err, "Registering node; retrying", "node", cfg.Name)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("registering node %s: %w", cfg.Name, ctx.Err())
-		case <-time.After(2 * time.Second):
-		}
-	}
 }
 
 // parseAll parses the non-empty values.
@@ -193,8 +175,5 @@ func runCleanup(fs *flag.FlagSet, args []string) error {
 	if *prefix == "" && *nodeName == "" {
 		return errors.New("--node-name or --netns-prefix is required")
 	}
-	if *prefix == "" {
-		*prefix = pods.DefaultPrefix(*nodeName)
-	}
-	return pods.Cleanup(*prefix)
+	return pods.Cleanup(cmp.Or(*prefix, pods.DefaultPrefix(*nodeName)))
 }

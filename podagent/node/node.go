@@ -19,31 +19,25 @@ import (
 // LeaseNamespace holds the node leases.
 const LeaseNamespace = "kube-node-lease"
 
-// Timing of the heartbeat: the lease's duration, and how often it is renewed (the node
-// status is refreshed every sixth renewal).
+// LeaseDuration is the lease's duration and RenewInterval how often it is renewed.
 const (
 	LeaseDuration = 40 * time.Second
 	RenewInterval = 10 * time.Second
 )
 
-// Config describes the node.
+// Config describes the node: its InternalIPs, pod CIDRs (the first is spec.podCIDR),
+// zone label (empty sets none) and clock (default the real one).
 type Config struct {
-	Name string
-	// IPs are the node's InternalIP addresses.
-	IPs []string
-	// PodCIDRs are the node's pod CIDRs, the first being spec.podCIDR.
-	PodCIDRs []string
-	// Zone is the topology.kubernetes.io/zone label value; empty sets none.
-	Zone string
-	// Clock defaults to the real clock.
-	Clock clock.WithTicker
+	Name, Zone    string
+	IPs, PodCIDRs []string
+	Clock         clock.WithTicker
 }
 
-func (c *Config) now() time.Time {
+func (c Config) clock() clock.WithTicker {
 	if c.Clock == nil {
-		c.Clock = clock.RealClock{}
+		return clock.RealClock{}
 	}
-	return c.Clock.Now()
+	return c.Clock
 }
 
 // Register creates or updates the Node object (hostname, OS and zone labels, pod CIDRs
@@ -57,12 +51,10 @@ func Register(ctx context.Context, client kubernetes.Interface, cfg Config) erro
 	if err != nil {
 		return fmt.Errorf("getting or creating node %s: %w", cfg.Name, err)
 	}
-	if node.Labels == nil {
-		node.Labels = map[string]string{}
-	}
-	node.Labels[v1.LabelHostname], node.Labels[v1.LabelOSStable] = cfg.Name, "linux"
+	metav1.SetMetaDataLabel(&node.ObjectMeta, v1.LabelHostname, cfg.Name)
+	metav1.SetMetaDataLabel(&node.ObjectMeta, v1.LabelOSStable, "linux")
 	if cfg.Zone != "" {
-		node.Labels[v1.LabelTopologyZone] = cfg.Zone
+		metav1.SetMetaDataLabel(&node.ObjectMeta, v1.LabelTopologyZone, cfg.Zone)
 	}
 	if len(node.Spec.PodCIDRs) == 0 && len(cfg.PodCIDRs) > 0 {
 		node.Spec.PodCIDR, node.Spec.PodCIDRs = cfg.PodCIDRs[0], cfg.PodCIDRs
@@ -77,7 +69,7 @@ func Register(ctx context.Context, client kubernetes.Interface, cfg Config) erro
 
 // writeStatus sets the node's addresses and its Ready condition, other conditions kept.
 func writeStatus(ctx context.Context, client kubernetes.Interface, node *v1.Node, cfg Config) error {
-	now := metav1.NewTime(cfg.now())
+	now := metav1.NewTime(cfg.clock().Now())
 	node.Status.Addresses = nil
 	for _, ip := range cfg.IPs {
 		node.Status.Addresses = append(node.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: ip})
@@ -102,11 +94,10 @@ func writeStatus(ctx context.Context, client kubernetes.Interface, node *v1.Node
 	return nil
 }
 
-// Heartbeat renews the node's lease every RenewInterval and refreshes its status every
-// sixth time, until ctx ends. Failures are logged and retried at the next interval.
+// Heartbeat renews the lease every RenewInterval, and the status every sixth time, until
+// ctx ends, logging failures.
 func Heartbeat(ctx context.Context, client kubernetes.Interface, cfg Config) {
-	cfg.now()
-	ticker := cfg.Clock.NewTicker(RenewInterval)
+	ticker := cfg.clock().NewTicker(RenewInterval)
 	defer ticker.Stop()
 	for beat := 0; ; beat++ {
 		if err := RenewLease(ctx, client, cfg); err != nil {
@@ -142,7 +133,7 @@ func RenewLease(ctx context.Context, client kubernetes.Interface, cfg Config) er
 	} else if err != nil {
 		return fmt.Errorf("getting lease of node %s: %w", cfg.Name, err)
 	}
-	seconds, now := int32(LeaseDuration/time.Second), metav1.NewMicroTime(cfg.now())
+	seconds, now := int32(LeaseDuration/time.Second), metav1.NewMicroTime(cfg.clock().Now())
 	lease.Spec.HolderIdentity, lease.Spec.LeaseDurationSeconds, lease.Spec.RenewTime = &cfg.Name, &seconds, &now
 	if missing {
 		_, err = leases.Create(ctx, lease, metav1.CreateOptions{})

@@ -2,9 +2,12 @@ package pods
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,37 +19,95 @@ import (
 	"github.com/nodeproxy/nodeproxy/podagent/status"
 )
 
-// container runs one container of a pod: its process, restarts and probes.
-type container struct {
-	pod  *podRun
-	spec *v1.Container
-	proc ProcessSpec
-	// podIP is where HTTP and TCP probes go.
-	podIP string
-
-	// Guarded by pod.mu.
-	st         status.Container
-	generation int
+// validatePod returns the first reason the agent cannot run pod.
+func validatePod(pod *v1.Pod) error {
+	if len(pod.Spec.Containers) == 0 {
+		return errors.New("pod has no containers")
+	}
+	if len(pod.Spec.InitContainers) > 0 {
+		return errors.New("init containers are not supported")
+	}
+	for i := range pod.Spec.Containers {
+		if err := validateContainer(&pod.Spec.Containers[i]); err != nil {
+			return fmt.Errorf("container %q: %w", pod.Spec.Containers[i].Name, err)
+		}
+	}
+	return nil
 }
 
-// newContainer prepares container spec of the pod: its command (resolved on PATH, then
-// args), environment and log file.
-func newContainer(p *podRun, spec *v1.Container, facts podFacts) *container {
-	env, skipped := containerEnv(spec, facts)
+func validateContainer(c *v1.Container) error {
+	if len(c.Command) == 0 {
+		return errors.New("command is required (the image is ignored; the command is a host binary)")
+	}
+	if _, err := exec.LookPath(c.Command[0]); err != nil {
+		return fmt.Errorf("resolving command: %w", err)
+	}
+	for _, p := range c.Ports {
+		if p.ContainerPort < 1 || p.ContainerPort > 65535 {
+			return fmt.Errorf("port %q: containerPort %d out of range 1-65535", p.Name, p.ContainerPort)
+		}
+	}
+	for i, p := range []*v1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+		if p == nil {
+			continue
+		}
+		if _, err := probe.NewRunner(p, c, "", nil); err != nil {
+			return fmt.Errorf("%s probe: %w", []string{"startup", "readiness", "liveness"}[i], err)
+		}
+	}
+	return nil
+}
+
+// downwardAPI maps the supported downward API field paths to their values.
+func downwardAPI(pod *v1.Pod, podIPs, hostIPs []string) map[string]string {
+	return map[string]string{
+		"metadata.name": pod.Name, "metadata.namespace": pod.Namespace, "metadata.uid": string(pod.UID),
+		"spec.nodeName": pod.Spec.NodeName, "spec.serviceAccountName": pod.Spec.ServiceAccountName,
+		"status.podIP": podIPs[0], "status.podIPs": strings.Join(podIPs, ","),
+		"status.hostIP": hostIPs[0], "status.hostIPs": strings.Join(hostIPs, ","),
+	}
+}
+
+// container runs one container of a pod: its process, restarts and probes.
+type container struct {
+	pod   *podRun
+	spec  *v1.Container
+	proc  ProcessSpec
+	podIP string           // where HTTP and TCP probes go
+	st    status.Container // guarded by pod.mu
+}
+
+// newContainer prepares spec's command, log file and environment: the agent's own (with
+// markers such as the test harness's), HOSTNAME, SandboxEnv, then spec's env.
+func newContainer(p *podRun, pod *v1.Pod, spec *v1.Container, podIP string, fields map[string]string) *container {
+	env := append(os.Environ(), "HOSTNAME="+pod.Name, SandboxEnv+"="+p.sandbox)
+	var skipped []string
+	for _, e := range spec.Env {
+		value, ok := e.Value, e.ValueFrom == nil
+		if !ok && e.ValueFrom.FieldRef != nil {
+			value, ok = fields[e.ValueFrom.FieldRef.FieldPath]
+		}
+		if !ok {
+			skipped = append(skipped, e.Name)
+			continue
+		}
+		env = append(env, e.Name+"="+value)
+	}
 	if len(skipped) > 0 {
-		p.m.event(facts.pod, v1.EventTypeWarning, "UnsupportedEnv", fmt.Sprintf("container %s: skipped env %v (only values and "+
+		p.m.event(pod, v1.EventTypeWarning, "UnsupportedEnv", fmt.Sprintf("container %s: skipped env %v (only values and "+
 			"fieldRef of pod name, namespace, uid, node name, service account, pod and host IPs are supported)", spec.Name, skipped))
 	}
 	path, _ := exec.LookPath(spec.Command[0]) // validatePod resolved it
-	c := &container{pod: p, spec: spec, podIP: facts.podIPs[0], st: status.Container{Name: spec.Name}}
+	c := &container{pod: p, spec: spec, podIP: podIP, st: status.Container{Name: spec.Name, State: v1.ContainerState{
+		Waiting: &v1.ContainerStateWaiting{Reason: "ContainerCreating"},
+	}}}
 	c.proc = ProcessSpec{Argv: append(append([]string{path}, spec.Command[1:]...), spec.Args...), Env: env, Dir: spec.WorkingDir}
-	if !facts.pod.Spec.HostNetwork {
+	if !pod.Spec.HostNetwork {
 		c.proc.Sandbox = p.sandbox
 	}
 	if p.m.cfg.LogDir != "" {
-		c.proc.LogPath = filepath.Join(p.m.cfg.LogDir, fmt.Sprintf("%s_%s_%s.log", facts.pod.Namespace, facts.pod.Name, spec.Name))
+		c.proc.LogPath = filepath.Join(p.m.cfg.LogDir, fmt.Sprintf("%s_%s_%s.log", pod.Namespace, pod.Name, spec.Name))
 	}
-	c.st.State = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "ContainerCreating"}}
 	return c
 }
 
@@ -55,7 +116,9 @@ func newContainer(p *podRun, spec *v1.Container, facts podFacts) *container {
 func (c *container) run(ctx context.Context, hurry <-chan struct{}) {
 	for {
 		code, probeKilled := c.runOnce(ctx, hurry)
-		if ctx.Err() != nil || !shouldRestart(c.pod.current().Spec.RestartPolicy, code, probeKilled) {
+		// Always restarts, OnFailure after a non-zero exit or a failed liveness or startup probe.
+		policy := c.pod.current().Spec.RestartPolicy
+		if ctx.Err() != nil || policy == v1.RestartPolicyNever || (policy == v1.RestartPolicyOnFailure && code == 0 && !probeKilled) {
 			return
 		}
 		var delay time.Duration
@@ -74,38 +137,20 @@ func (c *container) run(ctx context.Context, hurry <-chan struct{}) {
 	}
 }
 
-// shouldRestart applies the restart policy to an exit: Always restarts, OnFailure on
-// a non-zero exit or a failed liveness or startup probe, Never does not.
-func shouldRestart(policy v1.RestartPolicy, exitCode int, probeKilled bool) bool {
-	switch policy {
-	case v1.RestartPolicyNever:
-		return false
-	case v1.RestartPolicyOnFailure:
-		return exitCode != 0 || probeKilled
-	}
-	return true
-}
-
 // runOnce runs one instance of the container until it exits, a probe kills it or ctx
 // ends, and returns its exit code and whether a probe had it killed.
 func (c *container) runOnce(ctx context.Context, hurry <-chan struct{}) (int, bool) {
 	m := c.pod.m
-	startedAt := metav1.NewTime(m.clock.Now())
+	startedAt := metav1.NewTime(m.cfg.Clock.Now())
 	proc, err := m.cfg.Runtime.Start(c.proc)
 	if err != nil {
 		msg := fmt.Sprintf("starting %s: %v", c.proc.Argv[0], err)
 		m.event(c.pod.current(), v1.EventTypeWarning, "Failed", msg)
-		c.pod.update(func() {
-			c.generation++
-			c.st.State = terminated(128, "StartError", msg, startedAt, startedAt)
-		})
+		c.pod.update(func() { c.st.State = terminated(128, "StartError", msg, startedAt, startedAt) })
 		return 128, false
 	}
-	var generation int
 	hasStartup := c.spec.StartupProbe != nil
 	c.pod.update(func() {
-		c.generation++
-		generation = c.generation
 		c.st.ID = fmt.Sprintf("podagent://%s/%s/%d", c.pod.sandbox, c.spec.Name, c.st.RestartCount)
 		c.st.State = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: startedAt}}
 		c.st.Started = !hasStartup
@@ -114,7 +159,7 @@ func (c *container) runOnce(ctx context.Context, hurry <-chan struct{}) (int, bo
 	probeCtx, stopProbes := context.WithCancel(ctx)
 	defer stopProbes()
 	kill := make(chan string, 3)
-	c.startProbes(probeCtx, generation, startedAt.Time, kill)
+	c.startProbes(probeCtx, startedAt.Time, kill)
 	exited := make(chan int, 1)
 	go func() { exited <- proc.Wait() }()
 
@@ -129,14 +174,14 @@ func (c *container) runOnce(ctx context.Context, hurry <-chan struct{}) (int, bo
 	case <-ctx.Done():
 		code = stopProcess(proc, exited, c.pod.grace(), hurry)
 	}
+	stopProbes() // before the update below, so late probe results are dropped
 	reason := "Completed"
 	if code != 0 {
 		reason = "Error"
 	}
 	c.pod.update(func() {
-		c.generation++
 		c.st.Ready = false
-		c.st.State = terminated(int32(code), reason, "", startedAt, metav1.NewTime(m.clock.Now()))
+		c.st.State = terminated(int32(code), reason, "", startedAt, metav1.NewTime(m.cfg.Clock.Now()))
 	})
 	return code, probeKilled
 }
@@ -147,8 +192,7 @@ func terminated(code int32, reason, msg string, started, finished metav1.Time) v
 	}}
 }
 
-// stopProcess sends SIGTERM, waits up to grace (or until hurry closes), then sends
-// SIGKILL, and returns the exit code.
+// stopProcess sends SIGTERM, then SIGKILL after grace or once hurry closes, and returns the exit code.
 func stopProcess(proc Process, exited <-chan int, grace time.Duration, hurry <-chan struct{}) int {
 	_ = proc.Signal(syscall.SIGTERM)
 	timer := time.NewTimer(grace)
@@ -163,66 +207,51 @@ func stopProcess(proc Process, exited <-chan int, grace time.Duration, hurry <-c
 	return <-exited
 }
 
-// startProbes starts the startup probe, and the readiness and liveness probes once the
-// container has started. Probe results change the container's state only while
-// instance generation is still the current one; failed liveness and startup probes
-// send a reason on kill.
-func (c *container) startProbes(ctx context.Context, generation int, startedAt time.Time, kill chan<- string) {
+// startProbes starts the startup probe, then the readiness and liveness probes. Results
+// count until ctx ends; failed liveness and startup probes send on kill.
+func (c *container) startProbes(ctx context.Context, startedAt time.Time, kill chan<- string) {
 	ifCurrent := func(fn func()) {
 		c.pod.update(func() {
-			if c.generation == generation {
+			if ctx.Err() == nil {
 				fn()
 			}
 		})
 	}
-	killFor := func(kind probe.Kind, msg string) {
-		c.pod.m.event(c.pod.current(), v1.EventTypeWarning, "Unhealthy", fmt.Sprintf("%s probe failed: %s", kind, msg))
-		select {
-		case kill <- fmt.Sprintf("Container %s failed %s probe", c.spec.Name, kind):
-		default:
+	var spawn func(kind probe.Kind, p *v1.Probe)
+	onChange := func(kind probe.Kind, r probe.Result, msg string) {
+		if r != probe.Success {
+			c.pod.m.event(c.pod.current(), v1.EventTypeWarning, "Unhealthy", fmt.Sprintf("%s probe failed: %s", kind, msg))
+		}
+		switch {
+		case kind == probe.Readiness:
+			ifCurrent(func() { c.st.Ready = r == probe.Success })
+		case r != probe.Success:
+			trySend(kill, fmt.Sprintf("Container %s failed %s probe", c.spec.Name, kind))
+		case kind == probe.Startup:
+			ifCurrent(func() { c.st.Started, c.st.Ready = true, c.spec.ReadinessProbe == nil })
+			spawn(probe.Readiness, c.spec.ReadinessProbe)
+			spawn(probe.Liveness, c.spec.LivenessProbe)
 		}
 	}
-	startOthers := func() {
-		c.spawnProbe(ctx, probe.Readiness, c.spec.ReadinessProbe, startedAt, func(r probe.Result, msg string) {
-			if r == probe.Failure {
-				c.pod.m.event(c.pod.current(), v1.EventTypeWarning, "Unhealthy", "Readiness probe failed: "+msg)
-			}
-			ifCurrent(func() { c.st.Ready = r == probe.Success })
-		})
-		c.spawnProbe(ctx, probe.Liveness, c.spec.LivenessProbe, startedAt, func(r probe.Result, msg string) {
-			if r == probe.Failure {
-				killFor(probe.Liveness, msg)
-			}
-		})
-	}
-	if c.spec.StartupProbe == nil {
-		startOthers()
-		return
-	}
-	c.spawnProbe(ctx, probe.Startup, c.spec.StartupProbe, startedAt, func(r probe.Result, msg string) {
-		if r != probe.Success {
-			killFor(probe.Startup, msg)
+	spawn = func(kind probe.Kind, p *v1.Probe) {
+		if p == nil {
 			return
 		}
-		ifCurrent(func() {
-			c.st.Started = true
-			c.st.Ready = c.spec.ReadinessProbe == nil
-		})
-		startOthers()
-	})
-}
-
-func (c *container) spawnProbe(ctx context.Context, kind probe.Kind, p *v1.Probe, startedAt time.Time, onChange func(probe.Result, string)) {
-	if p == nil {
+		runner, err := probe.NewRunner(p, c.spec, c.podIP, c.exec)
+		if err != nil { // validatePod has checked this already
+			klog.ErrorS(err, "Skipping probe", "pod", klog.KObj(c.pod.current()), "container", c.spec.Name, "kind", kind)
+			return
+		}
+		w := &probe.Worker{Kind: kind, Timing: probe.TimingOf(p), Runner: runner, Clock: c.pod.m.cfg.Clock,
+			OnChange: func(r probe.Result, msg string) { onChange(kind, r, msg) }}
+		go w.Run(ctx, startedAt)
+	}
+	if c.spec.StartupProbe != nil {
+		spawn(probe.Startup, c.spec.StartupProbe)
 		return
 	}
-	runner, err := probe.NewRunner(p, c.spec, c.podIP, c.exec)
-	if err != nil { // validatePod has checked this already
-		klog.ErrorS(err, "Skipping probe", "pod", klog.KObj(c.pod.current()), "container", c.spec.Name, "kind", kind)
-		return
-	}
-	w := &probe.Worker{Kind: kind, Timing: probe.TimingOf(p), Runner: runner, Clock: c.pod.m.clock, OnChange: onChange}
-	go w.Run(ctx, startedAt)
+	spawn(probe.Readiness, c.spec.ReadinessProbe)
+	spawn(probe.Liveness, c.spec.LivenessProbe)
 }
 
 // exec runs an exec probe's command in the container's sandbox with its environment.
@@ -232,7 +261,6 @@ func (c *container) exec(ctx context.Context, argv []string) (int, string, error
 		return -1, "", fmt.Errorf("resolving probe command: %w", err)
 	}
 	spec := c.proc
-	spec.Argv = append([]string{path}, argv[1:]...)
-	spec.LogPath = ""
+	spec.Argv, spec.LogPath = append([]string{path}, argv[1:]...), ""
 	return c.pod.m.cfg.Runtime.Exec(ctx, spec)
 }

@@ -5,44 +5,42 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sync"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // netnsDir is where named network namespaces are mounted (as by `ip netns`).
 const netnsDir = "/run/netns"
 
-// NetnsRuntime is the Runtime of a real node: named network namespaces with a veth on
-// a Linux bridge, and host processes started inside them.
+// NetnsRuntime is the Runtime of a real node: named network namespaces on a bridge.
 type NetnsRuntime struct {
 	bridge   string
 	gateways []netip.Prefix
 	node     *netlink.Handle
-
-	mu        sync.Mutex
-	sandboxes map[string]netns.NsHandle
 }
 
-// NewNetnsRuntime returns a runtime working in the network namespace nodeNS: it creates
-// bridge there if missing, and gives it the first address of each pod CIDR.
+// NewNetnsRuntime returns a runtime in nodeNS (netns.None(): the current one), creating
+// bridge there if missing and giving it the first address of each pod CIDR.
 func NewNetnsRuntime(nodeNS netns.NsHandle, bridge string, podCIDRs []netip.Prefix) (*NetnsRuntime, error) {
 	handle, err := netlink.NewHandleAt(nodeNS)
 	if err != nil {
 		return nil, fmt.Errorf("opening netlink in the node namespace: %w", err)
 	}
-	r := &NetnsRuntime{bridge: bridge, node: handle, sandboxes: map[string]netns.NsHandle{}}
+	r := &NetnsRuntime{bridge: bridge, node: handle}
 	br, err := handle.LinkByName(bridge)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		if err = handle.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}); err == nil {
@@ -65,8 +63,7 @@ func NewNetnsRuntime(nodeNS netns.NsHandle, bridge string, podCIDRs []netip.Pref
 	return r, nil
 }
 
-// address is p as a netlink address; IPv6 ones skip duplicate address detection so
-// they are usable at once.
+// address is p as a netlink address, without IPv6 duplicate address detection.
 func address(p netip.Prefix) *netlink.Addr {
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
 	if p.Addr().Is6() {
@@ -75,12 +72,8 @@ func address(p netip.Prefix) *netlink.Addr {
 	return a
 }
 
-// vethName is the node-side interface name of sandbox: "pa" and a hash, within IFNAMSIZ.
-func vethName(sandbox string) string {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(sandbox))
-	return fmt.Sprintf("pa%08x", h.Sum32())
-}
+// vethName is the node-side interface name of sandbox, within IFNAMSIZ.
+func vethName(sandbox string) string { return "pa" + hash8(sandbox) }
 
 // inThread runs fn on a fresh OS thread that is discarded afterwards, so a thread whose
 // network namespace fn changed never runs other goroutines.
@@ -93,16 +86,14 @@ func inThread(fn func() error) error {
 	return <-done
 }
 
-// CreateSandbox creates the named namespace with eth0 holding addrs, a veth peer on the
-// bridge (its alias is the sandbox name, for Cleanup) and default routes via the bridge.
+// CreateSandbox creates the namespace, its eth0 peered with a bridge port aliased name
+// (for Cleanup), addrs and routes via the bridge.
 func (r *NetnsRuntime) CreateSandbox(name string, addrs []netip.Prefix) error {
 	var ns netns.NsHandle
 	if err := inThread(func() (err error) { ns, err = netns.NewNamed(name); return err }); err != nil {
 		return fmt.Errorf("creating network namespace %s: %w", name, err)
 	}
-	r.mu.Lock()
-	r.sandboxes[name] = ns
-	r.mu.Unlock()
+	defer ns.Close()
 	if err := r.wire(name, ns, addrs); err != nil {
 		return errors.Join(fmt.Errorf("wiring sandbox %s: %w", name, err), r.RemoveSandbox(name))
 	}
@@ -115,17 +106,13 @@ func (r *NetnsRuntime) wire(name string, ns netns.NsHandle, addrs []netip.Prefix
 		return fmt.Errorf("finding bridge %s: %w", r.bridge, err)
 	}
 	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: vethName(name), MasterIndex: br.Attrs().Index},
+		LinkAttrs: netlink.LinkAttrs{Name: vethName(name), Flags: net.FlagUp, MasterIndex: br.Attrs().Index},
 		PeerName:  "eth0", PeerNamespace: netlink.NsFd(ns),
 	}
 	if err := r.node.LinkAdd(veth); err != nil {
 		return fmt.Errorf("creating veth %s: %w", veth.Name, err)
 	}
-	host, err := r.node.LinkByName(veth.Name)
-	if err == nil {
-		err = errors.Join(r.node.LinkSetAlias(host, name), r.node.LinkSetHairpin(host, true), r.node.LinkSetUp(host))
-	}
-	if err != nil {
+	if err := errors.Join(r.node.LinkSetAlias(veth, name), r.node.LinkSetHairpin(veth, true)); err != nil {
 		return fmt.Errorf("configuring veth %s: %w", veth.Name, err)
 	}
 	pod, err := netlink.NewHandleAt(ns)
@@ -156,13 +143,6 @@ func (r *NetnsRuntime) wire(name string, ns netns.NsHandle, addrs []netip.Prefix
 
 // RemoveSandbox deletes the sandbox's veth and unmounts and removes its namespace.
 func (r *NetnsRuntime) RemoveSandbox(name string) error {
-	r.mu.Lock()
-	ns, ok := r.sandboxes[name]
-	delete(r.sandboxes, name)
-	r.mu.Unlock()
-	if ok {
-		_ = ns.Close()
-	}
 	var err error
 	if link, findErr := r.node.LinkByName(vethName(name)); findErr == nil {
 		err = r.node.LinkDel(link)
@@ -185,33 +165,26 @@ func (r *NetnsRuntime) Close() error {
 	return nil
 }
 
-// start starts spec's command in its sandbox's namespace (the child inherits the
-// namespace of the thread that forks it), in a process group of its own.
-func (r *NetnsRuntime) start(spec ProcessSpec, stdout *os.File, out *bytes.Buffer) (*osProcess, error) {
+// start starts spec's command in a process group of its own, in its sandbox (entered
+// by the forking thread), with output to out (nil discards it).
+func (r *NetnsRuntime) start(spec ProcessSpec, out io.Writer) (*osProcess, error) {
 	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
 	cmd.Env, cmd.Dir, cmd.SysProcAttr = spec.Env, spec.Dir, &syscall.SysProcAttr{Setpgid: true}
-	if stdout != nil {
-		cmd.Stdout, cmd.Stderr = stdout, stdout
-	} else if out != nil {
-		cmd.Stdout, cmd.Stderr, cmd.WaitDelay = out, out, time.Second
-	}
-	r.mu.Lock()
-	ns, ok := r.sandboxes[spec.Sandbox]
-	r.mu.Unlock()
-	var err error
-	switch {
-	case spec.Sandbox == "":
-		err = cmd.Start()
-	case !ok:
-		err = fmt.Errorf("no sandbox %s", spec.Sandbox)
-	default:
-		err = inThread(func() error {
-			if err := netns.Set(ns); err != nil {
-				return fmt.Errorf("entering %s: %w", spec.Sandbox, err)
-			}
+	cmd.Stdout, cmd.Stderr, cmd.WaitDelay = out, out, time.Second
+	err := inThread(func() error {
+		if spec.Sandbox == "" {
 			return cmd.Start()
-		})
-	}
+		}
+		ns, err := netns.GetFromName(spec.Sandbox)
+		if err != nil {
+			return fmt.Errorf("opening sandbox %s: %w", spec.Sandbox, err)
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("entering sandbox %s: %w", spec.Sandbox, err)
+		}
+		return cmd.Start()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", spec.Argv[0], err)
 	}
@@ -220,7 +193,7 @@ func (r *NetnsRuntime) start(spec ProcessSpec, stdout *os.File, out *bytes.Buffe
 
 // Start starts a container process with its output appended to spec.LogPath.
 func (r *NetnsRuntime) Start(spec ProcessSpec) (Process, error) {
-	var log *os.File
+	var out io.Writer
 	if spec.LogPath != "" {
 		if err := os.MkdirAll(filepath.Dir(spec.LogPath), 0o755); err != nil {
 			return nil, fmt.Errorf("creating log directory: %w", err)
@@ -230,15 +203,15 @@ func (r *NetnsRuntime) Start(spec ProcessSpec) (Process, error) {
 			return nil, fmt.Errorf("opening container log: %w", err)
 		}
 		defer f.Close()
-		log = f
+		out = f
 	}
-	return r.start(spec, log, nil)
+	return r.start(spec, out)
 }
 
 // Exec runs a probe command, killing its process group when ctx ends.
 func (r *NetnsRuntime) Exec(ctx context.Context, spec ProcessSpec) (int, string, error) {
 	var out bytes.Buffer
-	p, err := r.start(spec, nil, &out)
+	p, err := r.start(spec, &out)
 	if err != nil {
 		return -1, "", err
 	}
@@ -264,4 +237,68 @@ func (p *osProcess) Wait() int {
 		return 128 + int(ws.Signal())
 	}
 	return p.cmd.ProcessState.ExitCode()
+}
+
+// DefaultPrefix is the name of the named network namespace this process runs in (as
+// under `ip netns exec NAME`), else node: agents in other namespaces keep apart.
+func DefaultPrefix(node string) string {
+	var self unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &self) != nil {
+		return node
+	}
+	entries, _ := os.ReadDir(netnsDir)
+	for _, e := range entries {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(netnsDir, e.Name()), &st) == nil && st.Dev == self.Dev && st.Ino == self.Ino {
+			return e.Name()
+		}
+	}
+	return node
+}
+
+// Cleanup kills the processes whose SandboxEnv is a sandbox with prefix, and deletes
+// such sandboxes' veths (in the current namespace) and network namespaces.
+func Cleanup(prefix string) error {
+	var errs []error
+	killed, removed := 0, 0
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, path := range procs {
+		environ, _ := os.ReadFile(path) // unreadable for kernel threads and exited processes
+		for kv := range strings.SplitSeq(string(environ), "\x00") {
+			name, ok := strings.CutPrefix(kv, SandboxEnv+"=")
+			if !ok || !IsSandboxOf(prefix, name) {
+				continue
+			}
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(path))); err == nil && syscall.Kill(pid, syscall.SIGKILL) == nil {
+				killed++
+			}
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing links: %w", err))
+	}
+	for _, link := range links {
+		if _, ok := link.(*netlink.Veth); ok && IsSandboxOf(prefix, link.Attrs().Alias) {
+			if err := netlink.LinkDel(link); err != nil {
+				errs = append(errs, fmt.Errorf("deleting veth %s: %w", link.Attrs().Name, err))
+			}
+		}
+	}
+	entries, err := os.ReadDir(netnsDir)
+	if err != nil && !os.IsNotExist(err) {
+		errs = append(errs, fmt.Errorf("listing %s: %w", netnsDir, err))
+	}
+	for _, e := range entries {
+		if !IsSandboxOf(prefix, e.Name()) {
+			continue
+		}
+		if err := removeNamedNetns(e.Name()); err != nil {
+			errs = append(errs, err)
+		} else {
+			removed++
+		}
+	}
+	klog.InfoS("Cleaned up sandbox leftovers", "prefix", prefix, "killedProcesses", killed, "removedNamespaces", removed)
+	return errors.Join(errs...)
 }

@@ -13,20 +13,20 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/clock"
 )
 
 // Result is the outcome of a probe attempt or the reported state of a probe.
 type Result int
 
+// The results: Unknown is a startup probe's before its first verdict.
 const (
-	// Unknown means no result yet (a startup probe before its first verdict).
 	Unknown Result = iota
-	// Success means the probe passed.
 	Success
-	// Failure means the probe failed.
 	Failure
 )
 
@@ -35,8 +35,7 @@ func (r Result) String() string {
 	return [...]string{"Unknown", "Success", "Failure"}[r]
 }
 
-// ExecFunc runs argv inside the pod's network namespace and returns its exit code and
-// combined output; it must stop the command when ctx ends.
+// ExecFunc runs argv in the pod until it exits or ctx ends, and returns its exit code and output.
 type ExecFunc func(ctx context.Context, argv []string) (exitCode int, output string, err error)
 
 // Runner performs one probe attempt; ctx carries the probe's timeout.
@@ -44,12 +43,8 @@ type Runner interface {
 	Probe(ctx context.Context) (Result, string)
 }
 
-// userAgent is what kubelet sends in HTTP probes.
-const userAgent = "kube-probe/1.37"
-
-// NewRunner checks probe p of container c and returns its attempt runner: HTTP and TCP
-// probes go to podIP (unless httpGet.host is set), exec probes through execFn. An
-// unsupported handler, a port out of range or an unknown named port is an error.
+// NewRunner checks probe p of container c and returns its runner: HTTP and TCP probes go
+// to podIP unless a host is set, exec probes through execFn.
 func NewRunner(p *v1.Probe, c *v1.Container, podIP string, execFn ExecFunc) (Runner, error) {
 	h := p.ProbeHandler
 	switch {
@@ -65,7 +60,7 @@ func NewRunner(p *v1.Probe, c *v1.Container, podIP string, execFn ExecFunc) (Run
 		if err != nil {
 			return nil, fmt.Errorf("tcpSocket probe: %w", err)
 		}
-		return &tcpRunner{addr: net.JoinHostPort(cmp.Or(h.TCPSocket.Host, podIP), strconv.Itoa(port))}, nil
+		return tcpRunner(net.JoinHostPort(cmp.Or(h.TCPSocket.Host, podIP), strconv.Itoa(port))), nil
 	case h.GRPC != nil:
 		return nil, errors.New("grpc probes are not supported")
 	}
@@ -110,9 +105,8 @@ func (r *execRunner) Probe(ctx context.Context) (Result, string) {
 }
 
 type httpRunner struct {
-	url     string
-	headers http.Header
-	client  *http.Client
+	req    *http.Request
+	client *http.Client
 }
 
 func newHTTPRunner(g *v1.HTTPGetAction, c *v1.Container, podIP string) (*httpRunner, error) {
@@ -125,33 +119,29 @@ func newHTTPRunner(g *v1.HTTPGetAction, c *v1.Container, podIP string) (*httpRun
 		return nil, fmt.Errorf("httpGet probe: unknown scheme %q", g.Scheme)
 	}
 	host := net.JoinHostPort(cmp.Or(g.Host, podIP), strconv.Itoa(port))
-	r := &httpRunner{url: scheme + "://" + host + "/" + strings.TrimPrefix(g.Path, "/"), headers: http.Header{}}
-	r.headers.Set("User-Agent", userAgent)
-	r.headers.Set("Accept", "*/*")
-	for _, h := range g.HTTPHeaders {
-		r.headers.Add(h.Name, h.Value)
+	req, err := http.NewRequest(http.MethodGet, scheme+"://"+host+"/"+strings.TrimPrefix(g.Path, "/"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("httpGet probe: %w", err)
 	}
-	r.client = &http.Client{
+	req.Header = http.Header{"User-Agent": {"kube-probe/1.37"}, "Accept": {"*/*"}} // as kubelet sends
+	for _, h := range g.HTTPHeaders {
+		req.Header.Add(h.Name, h.Value)
+	}
+	req.Host = cmp.Or(req.Header.Get("Host"), req.Host) // a Host header sets the request's host
+	return &httpRunner{req: req, client: &http.Client{
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // kubelet does not verify probe certificates either
 		},
 		// Like kubelet, a redirect answer counts by its own status code.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	return r, nil
+	}}, nil
 }
 
 func (r *httpRunner) Probe(ctx context.Context) (Result, string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
+	resp, err := r.client.Do(r.req.Clone(ctx))
 	if err != nil {
-		return Failure, fmt.Sprintf("building request for %s: %v", r.url, err)
-	}
-	req.Header = r.headers.Clone()
-	req.Host = cmp.Or(req.Header.Get("Host"), req.Host) // a Host header sets the request's host
-	resp, err := r.client.Do(req)
-	if err != nil {
-		return Failure, fmt.Sprintf("Get %q: %v", r.url, err)
+		return Failure, fmt.Sprintf("Get %q: %v", r.req.URL, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 10<<10))
@@ -161,14 +151,116 @@ func (r *httpRunner) Probe(ctx context.Context) (Result, string) {
 	return Failure, fmt.Sprintf("HTTP probe failed with statuscode: %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
 }
 
-type tcpRunner struct{ addr string }
+// tcpRunner is the address a TCP probe connects to.
+type tcpRunner string
 
-func (r *tcpRunner) Probe(ctx context.Context) (Result, string) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", r.addr)
+func (addr tcpRunner) Probe(ctx context.Context) (Result, string) {
+	conn, err := new(net.Dialer).DialContext(ctx, "tcp", string(addr))
 	if err != nil {
-		return Failure, fmt.Sprintf("dial tcp %s: %v", r.addr, err)
+		return Failure, fmt.Sprintf("dial tcp %s: %v", addr, err)
 	}
 	_ = conn.Close()
 	return Success, ""
+}
+
+// Kind is which of a container's probes a worker runs.
+type Kind string
+
+// The three probe kinds.
+const (
+	Startup   Kind = "Startup"
+	Readiness Kind = "Readiness"
+	Liveness  Kind = "Liveness"
+)
+
+// Timing is a probe's schedule and thresholds with the API defaults applied.
+type Timing struct {
+	InitialDelay, Period, Timeout      time.Duration
+	SuccessThreshold, FailureThreshold int
+}
+
+// TimingOf reads p's timing, with the API defaults for unset fields.
+func TimingOf(p *v1.Probe) Timing {
+	return Timing{
+		InitialDelay:     time.Duration(max(p.InitialDelaySeconds, 0)) * time.Second,
+		Period:           time.Duration(cmp.Or(max(p.PeriodSeconds, 0), 10)) * time.Second,
+		Timeout:          time.Duration(cmp.Or(max(p.TimeoutSeconds, 0), 1)) * time.Second,
+		SuccessThreshold: int(cmp.Or(max(p.SuccessThreshold, 0), 1)),
+		FailureThreshold: int(cmp.Or(max(p.FailureThreshold, 0), 3)),
+	}
+}
+
+// Tracker reports a result once it came that probe's threshold times in a row.
+type Tracker struct {
+	Current Result // the reported result
+	timing  Timing
+	last    Result
+	run     int
+}
+
+// NewTracker returns a tracker reporting kind's initial result: not ready, alive, and
+// not known to have started.
+func NewTracker(kind Kind, timing Timing) *Tracker {
+	return &Tracker{Current: map[Kind]Result{Readiness: Failure, Liveness: Success}[kind], timing: timing}
+}
+
+// Observe records a result and reports whether it reached its threshold (and is now Current).
+func (t *Tracker) Observe(r Result) bool {
+	if r == t.last {
+		t.run++
+	} else {
+		t.last, t.run = r, 1
+	}
+	if (r == Failure && t.run < t.timing.FailureThreshold) || (r == Success && t.run < t.timing.SuccessThreshold) {
+		return false
+	}
+	t.Current = r
+	return true
+}
+
+// Worker probes one container instance on its probe's schedule.
+type Worker struct {
+	Kind   Kind
+	Timing Timing
+	Runner Runner
+	Clock  clock.WithTicker
+	// OnChange is called when the reported result changes, with the last attempt's message.
+	OnChange func(r Result, message string)
+}
+
+// Run probes from startedAt+InitialDelay every Period until ctx ends, a startup probe
+// reaches a verdict or a liveness probe fails.
+func (w *Worker) Run(ctx context.Context, startedAt time.Time) {
+	if delay := startedAt.Add(w.Timing.InitialDelay).Sub(w.Clock.Now()); delay > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.Clock.After(delay):
+		}
+	}
+	ticker := w.Clock.NewTicker(w.Timing.Period)
+	defer ticker.Stop()
+	tracker := NewTracker(w.Kind, w.Timing)
+	for {
+		attemptCtx, cancel := context.WithTimeout(ctx, w.Timing.Timeout)
+		result, msg := w.Runner.Probe(attemptCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		before := tracker.Current
+		if tracker.Observe(result) {
+			if tracker.Current != before {
+				w.OnChange(result, msg)
+			}
+			if w.Kind == Startup || (w.Kind == Liveness && result == Failure) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C():
+		}
+	}
 }

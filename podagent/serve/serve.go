@@ -4,6 +4,7 @@
 package serve
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,27 +20,19 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Config says what to serve.
+// Config says what to serve: Name is the pod name in answers, HTTPPort 0 serves no HTTP,
+// and DrainDelay is how long to keep serving (with /readyz failing) after ctx ends.
 type Config struct {
-	// Name is the pod name in answers.
 	Name               string
 	TCPPorts, UDPPorts []int
-	// HTTPPort is the HTTP port; 0 serves no HTTP.
-	HTTPPort int
-	// DrainDelay is how long to keep serving (with /readyz failing) after ctx ends.
-	DrainDelay time.Duration
+	HTTPPort           int
+	DrainDelay         time.Duration
 }
 
 // PodName is $POD_NAME, else $HOSTNAME, else the host name.
 func PodName() string {
-	if name := os.Getenv("POD_NAME"); name != "" {
-		return name
-	}
-	if name := os.Getenv("HOSTNAME"); name != "" {
-		return name
-	}
-	name, _ := os.Hostname()
-	return name
+	host, _ := os.Hostname()
+	return cmp.Or(os.Getenv("POD_NAME"), os.Getenv("HOSTNAME"), host)
 }
 
 // Server is a running test server.
@@ -51,8 +44,7 @@ type Server struct {
 	wg                                    sync.WaitGroup
 }
 
-// Run serves until ctx ends (then drains and returns 0) or a request to /exit asks
-// for an exit code, which it returns.
+// Run serves until ctx ends (then drains and returns 0) or /exit asks for an exit code.
 func Run(ctx context.Context, cfg Config) (int, error) {
 	s := &Server{cfg: cfg, exit: make(chan int, 1)}
 	defer s.close()
@@ -152,15 +144,9 @@ func (s *Server) serveUDP(conn net.PacketConn) {
 	}
 }
 
-// ServeHTTP serves:
-//
-//	/                "<name> <client address>"
-//	/hostname        the name
-//	/clientip        the client address
-//	/healthz         200, or 500 after /fail or /fail/liveness
-//	/readyz          200, or 500 after /fail/readiness and while draining
-//	/fail/readiness, /fail/liveness, /fail, /recover  switch failures on and off
-//	/exit?code=N     make Run return N
+// ServeHTTP answers / with "<name> <client address>", /hostname with the name, /clientip
+// with the client address; /healthz fails (500) after /fail or /fail/liveness, /readyz after
+// /fail/readiness and while draining, until /recover; /exit?code=N makes Run return N.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	code, body := http.StatusOK, "ok\n"
 	switch r.URL.Path {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -18,35 +17,25 @@ import (
 
 // Container is what the agent knows about one container.
 type Container struct {
-	Name         string
-	ID           string
-	State        v1.ContainerState
-	LastState    v1.ContainerState
-	Ready        bool
-	Started      bool
-	RestartCount int32
+	Name, ID         string
+	State, LastState v1.ContainerState
+	Ready, Started   bool
+	RestartCount     int32
 }
 
-// Pod is what the agent knows about one pod.
+// Pod is what the agent knows about one pod. Terminating makes it and its containers
+// not ready; Message explains its state, such as an invalid spec.
 type Pod struct {
-	HostIPs      []string
-	PodIPs       []string
-	SandboxReady bool
-	// Terminating makes every container and the pod not ready.
-	Terminating bool
-	// Message is a pod-level explanation, such as why its spec is invalid.
-	Message    string
-	Containers []Container
+	HostIPs, PodIPs           []string
+	SandboxReady, Terminating bool
+	Message                   string
+	Containers                []Container
 }
 
-// Compute builds the status of pod from s. prev is the status last written (or the
-// pod's current status); condition transition times and the start time carry over
-// from it, and a terminal phase in it is kept.
+// Compute builds pod's status from s, keeping the transition times, start time and a
+// terminal phase of prev (the status last written).
 func Compute(pod *v1.Pod, s Pod, prev v1.PodStatus, now time.Time) v1.PodStatus {
-	st := v1.PodStatus{Message: s.Message, StartTime: prev.StartTime}
-	if st.StartTime == nil {
-		st.StartTime = &metav1.Time{Time: now}
-	}
+	st := v1.PodStatus{Message: s.Message, StartTime: cmp.Or(prev.StartTime, &metav1.Time{Time: now})}
 	for _, ip := range s.HostIPs {
 		st.HostIP, st.HostIPs = cmp.Or(st.HostIP, ip), append(st.HostIPs, v1.HostIP{IP: ip})
 	}
@@ -55,10 +44,9 @@ func Compute(pod *v1.Pod, s Pod, prev v1.PodStatus, now time.Time) v1.PodStatus 
 	}
 	var unready []string
 	for i, c := range s.Containers {
-		started := c.Started
 		cs := v1.ContainerStatus{
 			Name: c.Name, ContainerID: c.ID, State: c.State, LastTerminationState: c.LastState,
-			Ready: c.Ready && !s.Terminating, Started: &started, RestartCount: c.RestartCount,
+			Ready: c.Ready && !s.Terminating, Started: &c.Started, RestartCount: c.RestartCount,
 			Image: pod.Spec.Containers[min(i, len(pod.Spec.Containers)-1)].Image, ImageID: "podagent://host",
 		}
 		if !cs.Ready {
@@ -70,50 +58,41 @@ func Compute(pod *v1.Pod, s Pod, prev v1.PodStatus, now time.Time) v1.PodStatus 
 	if prev.Phase == v1.PodSucceeded || prev.Phase == v1.PodFailed {
 		st.Phase = prev.Phase
 	}
-	unreadyMsg := fmt.Sprintf("containers with unready status: [%s]", strings.Join(unready, " "))
-	st.Conditions = []v1.PodCondition{
-		condition(v1.PodReadyToStartContainers, s.SandboxReady, "", ""),
-		condition(v1.PodInitialized, true, "", ""),
-		condition(v1.PodReady, len(unready) == 0, "ContainersNotReady", unreadyMsg),
-		condition(v1.ContainersReady, len(unready) == 0, "ContainersNotReady", unreadyMsg),
-		condition(v1.PodScheduled, true, "", ""),
-	}
-	for i := range st.Conditions {
-		c := &st.Conditions[i]
-		c.LastTransitionTime = metav1.Time{Time: now}
+	condition := func(t v1.PodConditionType, ok bool, reason string) v1.PodCondition {
+		c := v1.PodCondition{Type: t, Status: v1.ConditionTrue, LastTransitionTime: metav1.Time{Time: now}}
+		if !ok {
+			c.Status, c.Reason = v1.ConditionFalse, reason
+		}
+		if c.Reason != "" {
+			c.Message = fmt.Sprintf("containers with unready status: [%s]", strings.Join(unready, " "))
+		}
 		for _, old := range prev.Conditions {
 			if old.Type == c.Type && old.Status == c.Status {
 				c.LastTransitionTime = old.LastTransitionTime
 			}
 		}
+		return c
 	}
-	sort.Slice(st.Conditions, func(i, j int) bool { return st.Conditions[i].Type < st.Conditions[j].Type })
+	st.Conditions = []v1.PodCondition{ // sorted by type
+		condition(v1.ContainersReady, len(unready) == 0, "ContainersNotReady"),
+		condition(v1.PodInitialized, true, ""),
+		condition(v1.PodReadyToStartContainers, s.SandboxReady, ""),
+		condition(v1.PodScheduled, true, ""),
+		condition(v1.PodReady, len(unready) == 0, "ContainersNotReady"),
+	}
 	return st
 }
 
-func condition(t v1.PodConditionType, ok bool, reason, message string) v1.PodCondition {
-	if ok {
-		return v1.PodCondition{Type: t, Status: v1.ConditionTrue}
-	}
-	return v1.PodCondition{Type: t, Status: v1.ConditionFalse, Reason: reason, Message: message}
-}
-
-// Phase is the pod phase for these container statuses, by kubelet's rules: Pending
-// while a container has not run yet, Running while one runs or will be restarted,
-// otherwise Succeeded or Failed by the exit codes.
+// Phase is the pod phase for these container statuses, by kubelet's rules.
 func Phase(policy v1.RestartPolicy, statuses []v1.ContainerStatus) v1.PodPhase {
-	var running, waiting, stopped, succeeded int
+	var running, waiting, unsuccessful int // unsuccessful: failed, or waiting to restart
 	for _, cs := range statuses {
 		switch {
 		case cs.State.Running != nil:
 			running++
-		case cs.State.Terminated != nil:
-			stopped++
-			if cs.State.Terminated.ExitCode == 0 {
-				succeeded++
-			}
-		case cs.LastTerminationState.Terminated != nil:
-			stopped++
+		case cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0:
+		case cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil:
+			unsuccessful++
 		default:
 			waiting++
 		}
@@ -121,11 +100,9 @@ func Phase(policy v1.RestartPolicy, statuses []v1.ContainerStatus) v1.PodPhase {
 	switch {
 	case waiting > 0 || len(statuses) == 0:
 		return v1.PodPending
-	case running > 0:
+	case running > 0 || policy == v1.RestartPolicyAlways:
 		return v1.PodRunning
-	case policy == v1.RestartPolicyAlways:
-		return v1.PodRunning
-	case stopped == succeeded:
+	case unsuccessful == 0:
 		return v1.PodSucceeded
 	case policy == v1.RestartPolicyNever:
 		return v1.PodFailed
@@ -133,17 +110,12 @@ func Phase(policy v1.RestartPolicy, statuses []v1.ContainerStatus) v1.PodPhase {
 	return v1.PodRunning
 }
 
-// Write stores st as the status of pod with a JSON merge patch of the status
-// subresource, conditional on the pod's UID.
+// Write stores st as pod's status with a merge patch conditional on the pod's UID.
 func Write(ctx context.Context, client kubernetes.Interface, pod *v1.Pod, st v1.PodStatus) error {
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"uid": pod.UID},
-		"status":   st,
-	})
-	if err != nil {
-		return fmt.Errorf("encoding status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"uid": pod.UID}, "status": st})
+	if err == nil {
+		_, err = client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
 	}
-	_, err = client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
 	if err != nil {
 		return fmt.Errorf("writing status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
