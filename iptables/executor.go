@@ -32,6 +32,8 @@ type Executor interface {
 	Restore(ctx context.Context, data []byte) error
 	// ChainNames returns the names of every chain of a table, as iptables-save lists them.
 	ChainNames(ctx context.Context, table string) ([]string, error)
+	// Save returns iptables-save's output for one table.
+	Save(ctx context.Context, table string) ([]byte, error)
 	// EnsureChain creates a chain unless it exists.
 	EnsureChain(table, chain string) error
 	// EnsureRule inserts a rule at the top of a chain unless an identical rule is in it.
@@ -148,6 +150,15 @@ func lineOf(data []byte, n int) string {
 
 // ChainNames implements Executor.
 func (e *execExecutor) ChainNames(ctx context.Context, table string) ([]string, error) {
+	out, err := e.Save(ctx, table)
+	if err != nil {
+		return nil, err
+	}
+	return chainsFromSave(out), nil
+}
+
+// Save implements Executor.
+func (e *execExecutor) Save(ctx context.Context, table string) ([]byte, error) {
 	var out, stderr bytes.Buffer
 	err := e.ns.do(func() error {
 		cmd := exec.CommandContext(ctx, e.bins.save, "-t", table)
@@ -157,7 +168,7 @@ func (e *execExecutor) ChainNames(ctx context.Context, table string) ([]string, 
 	if err != nil {
 		return nil, fmt.Errorf("running %s -t %s in %s: %w: %s", e.bins.save, table, e.ns, err, strings.TrimSpace(stderr.String()))
 	}
-	return chainsFromSave(out.Bytes()), nil
+	return out.Bytes(), nil
 }
 
 // chainsFromSave returns the chain names declared in iptables-save output.

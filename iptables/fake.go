@@ -426,18 +426,31 @@ func (f *Fake) Dump() string {
 	slices.Sort(names)
 	var b strings.Builder
 	for _, name := range names {
-		t := f.tables[name]
-		order := t.chainOrder(name)
-		b.WriteString("*" + name + "\n")
-		for _, c := range order {
-			b.WriteString(":" + c + " " + t.chains[c].policy + "\n")
-		}
-		for _, c := range order {
-			for _, r := range t.chains[c].rules {
-				b.WriteString("-A " + c + " " + r + "\n")
-			}
-		}
-		b.WriteString("COMMIT\n")
+		f.tables[name].dump(&b, name)
 	}
 	return b.String()
+}
+
+// Save implements Executor.
+func (f *Fake) Save(_ context.Context, table string) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var b strings.Builder
+	f.table(table).dump(&b, table)
+	return []byte(b.String()), nil
+}
+
+// dump writes the table named name in iptables-save form.
+func (t *fakeTable) dump(b *strings.Builder, name string) {
+	order := t.chainOrder(name)
+	b.WriteString("*" + name + "\n")
+	for _, c := range order {
+		b.WriteString(":" + c + " " + t.chains[c].policy + "\n")
+	}
+	for _, c := range order {
+		for _, r := range t.chains[c].rules {
+			b.WriteString("-A " + c + " " + r + "\n")
+		}
+	}
+	b.WriteString("COMMIT\n")
 }

@@ -83,17 +83,7 @@ func TestPacketFlowKernel(t *testing.T) {
 				if testing.Short() && (variant != VariantNFT || family != v1.IPv4Protocol) {
 					t.Skip("-short: only nft/IPv4 against the kernel")
 				}
-				proxiertest.RunKernel(t, proxiertest.NewConfig(family), func(t *testing.T, nodeNS netns.NsHandle, pc proxiertest.Config) proxier.Backend {
-					cfg := configFor(pc)
-					cfg.Variant = variant
-					// The harness's handle, by path: the backend execs iptables in it.
-					cfg.NetNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(nodeNS))
-					p, err := New(cfg)
-					if err != nil {
-						t.Fatalf("New: %v", err)
-					}
-					return p
-				}, iptablesOnlySkips)
+				proxiertest.RunKernel(t, proxiertest.NewConfig(family), kernelBackend(variant), iptablesOnlySkips)
 			})
 		}
 	}
@@ -102,14 +92,21 @@ func TestPacketFlowKernel(t *testing.T) {
 func TestPacketFlowKernelChunked(t *testing.T) {
 	// Every sync of the World is split into many chunk restores (nft only splits).
 	setChunkChains(t, 3)
-	proxiertest.RunKernel(t, proxiertest.NewConfig(v1.IPv4Protocol), func(t *testing.T, nodeNS netns.NsHandle, pc proxiertest.Config) proxier.Backend {
+	proxiertest.RunKernel(t, proxiertest.NewConfig(v1.IPv4Protocol), kernelBackend(VariantNFT), iptablesOnlySkips)
+}
+
+// kernelBackend returns the RunKernel constructor of a Proxier of the given variant in the
+// harness's node namespace.
+func kernelBackend(variant string) func(*testing.T, netns.NsHandle, proxiertest.Config) proxier.Backend {
+	return func(t *testing.T, nodeNS netns.NsHandle, pc proxiertest.Config) proxier.Backend {
 		cfg := configFor(pc)
-		cfg.Variant = VariantNFT
+		cfg.Variant = variant
+		// The harness's handle, by path: the backend execs iptables in it.
 		cfg.NetNS = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(nodeNS))
 		p, err := New(cfg)
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
 		return p
-	}, iptablesOnlySkips)
+	}
 }

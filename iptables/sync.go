@@ -77,16 +77,23 @@ func (fp *familyProxier) syncFull(ctx context.Context, tracker *proxier.Tracker,
 	for i, in := range inputs {
 		ports[i] = builtPort{name: in.port.Name, rules: fp.rules.buildPort(in.port, in.eps, node)}
 	}
-	existing, err := fp.exec.ChainNames(ctx, tableNAT)
-	if err != nil {
-		klog.ErrorS(err, "Failed to list nat chains: stale service chains will not be deleted", "family", fp.family)
+	natSave, natErr := fp.exec.Save(ctx, tableNAT)
+	if natErr != nil {
+		klog.ErrorS(natErr, "Failed to list nat chains: stale service chains will not be deleted", "family", fp.family)
 	}
-	sw, state := renderFull(fp.rules, ports, existing)
+	sw, state := renderFull(fp.rules, ports, chainsFromSave(natSave))
+	jumpsWritten := false
+	if filterSave, err := fp.exec.Save(ctx, tableFilter); natErr == nil && err == nil {
+		fp.writeMissingJumps(&sw.final, map[string][]byte{tableNAT: natSave, tableFilter: filterSave})
+		jumpsWritten = true
+	}
 	if err := fp.restore(ctx, sw, true); err != nil {
 		return err
 	}
-	if err := fp.ensureJumps(); err != nil {
-		return err
+	if !jumpsWritten {
+		if err := fp.ensureJumps(); err != nil {
+			return err
+		}
 	}
 	fp.state = state
 	return nil
@@ -147,14 +154,44 @@ func (fp *familyProxier) restore(ctx context.Context, sw *syncWrite, full bool) 
 	return nil
 }
 
-// ensureJumps makes sure the built-in chains jump to the top-level chains (which the restore
-// just created). It runs on full syncs only, as upstream.
-func (fp *familyProxier) ensureJumps() error {
-	jumps := jumpRules
+// jumps returns the jump rules from built-in chains this family needs, in insertion order.
+func (fp *familyProxier) jumps() []jumpRule {
 	if fp.rules.usesKubeletFirewall() {
-		jumps = append(slices.Clone(jumpRules), kubeletFirewallJumps...)
+		return append(slices.Clone(jumpRules), kubeletFirewallJumps...)
 	}
-	for _, j := range jumps {
+	return jumpRules
+}
+
+// writeMissingJumps adds to rt, the final restore of a full sync, an insertion at the top of
+// its built-in chain for every jump the tables' iptables-save output (saved, by table) lacks.
+// A full sync thus ensures the jumps inside its own restore instead of with two iptables
+// commands per jump (-C, then -I), each of which loads the table: 14 jumps cost 0.3-0.5 s at
+// 1,000 Services x 10 on iptables-nft, a third of the whole sync.
+func (fp *familyProxier) writeMissingJumps(rt *restoreText, saved map[string][]byte) {
+	for _, j := range fp.jumps() {
+		if !hasJump(saved[j.table], j.from, j.to) {
+			t := rt.table(j.table)
+			t.rules = append(t.rules, "-I "+j.from+" 1 "+joinArgs(j.args()))
+		}
+	}
+}
+
+// hasJump reports whether iptables-save output holds a rule in chain from that jumps to to.
+func hasJump(save []byte, from, to string) bool {
+	prefix, suffix := "-A "+from+" ", " -j "+to
+	for line := range strings.Lines(string(save)) {
+		line = strings.TrimRight(line, "\n")
+		if strings.HasPrefix(line, prefix) && strings.HasSuffix(line, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// ensureJumps makes sure the built-in chains jump to the top-level chains (which the restore
+// just created), with one command per jump: the fallback when the tables could not be saved.
+func (fp *familyProxier) ensureJumps() error {
+	for _, j := range fp.jumps() {
 		if err := fp.exec.EnsureRule(j.table, j.from, j.args()...); err != nil {
 			return fmt.Errorf("ensuring the jump from %s to %s in table %s: %w", j.from, j.to, j.table, err)
 		}
