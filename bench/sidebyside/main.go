@@ -36,7 +36,9 @@
 //   - CPU: utime+stime of the proxy, cutime+cstime (children it waited for) and live children,
 //     read from /proc at first sync and at the end of the first run.
 //   - own metric: kubeproxy_sync_proxy_rules_duration_seconds sum/count (IPv4 series) scraped
-//     from the proxy's metrics endpoint at the end of the first run.
+//     from the proxy's metrics endpoint at the end of the first run; and the same metric's
+//     growth over the change samples (sum/count of the syncs they caused): the one-change sync
+//     as the proxy itself times it, without the API and watch latency around it.
 //   - connect latency: the TCP handshake time of -connects sequential connections to a
 //     ClusterIP, median, from a thread inside node-a's namespace.
 //   - userspace table: a -transfer-mib MiB upload to the sink through a ClusterIP (dial to the

@@ -214,7 +214,9 @@ func (b *bench) runLarge(impl proxyImpl, mode string, r *proxyResult) error {
 	klog.InfoS("First sync", "proxy", impl.name, "mode", mode, "seconds", r.firstSync.value, "status", r.firstSync.status)
 	r.cpuFirstSync = figureOf(treeCPUSeconds(node.Proxy.Pid()))
 	if r.firstSync.status == measured {
+		before, beforeErr := scrapeSyncMetric(b.c, node)
 		r.change = b.changeLatency(node)
+		r.changeSync = changeSyncMean(b.c, node, before, beforeErr)
 		r.connectLarge = connectLatency(b.c, net.JoinHostPort(b.latencyIP, "80"), b.cfg.connects)
 		if m, err := scrapeSyncMetric(b.c, node); err != nil {
 			r.syncMean = failedFigure(err)
@@ -237,6 +239,22 @@ func (b *bench) runLarge(impl proxyImpl, mode string, r *proxyResult) error {
 	}
 	r.restartSync, err = b.restart(impl, mode)
 	return err
+}
+
+// changeSyncMean is the mean duration of the syncs since before was scraped (the change
+// samples' syncs), in ms, from the proxy's own sync_proxy_rules_duration metric.
+func changeSyncMean(c *cluster.Cluster, node *cluster.Node, before syncMetric, beforeErr error) figure {
+	after, err := scrapeSyncMetric(c, node)
+	switch {
+	case beforeErr != nil:
+		return failedFigure(beforeErr)
+	case err != nil:
+		return failedFigure(err)
+	case after.count <= before.count:
+		return failedFigure(errors.New("no sync during the change samples"))
+	}
+	n := after.count - before.count
+	return measuredFigure((after.sum-before.sum)/n*1000, fmt.Sprintf("n=%.0f", n))
 }
 
 // changeLatency moves each change target onto the real pod with one API write and measures

@@ -40,6 +40,7 @@ type proxyResult struct {
 	firstSyncSmall, connectSmall                   figure
 	firstSync, restartSync, change                 figure
 	peakRSS, cpuFirstSync, cpuTotal, syncMean      figure
+	changeSync                                     figure
 	connectLarge, throughput, connectionsPerSecond figure
 	connectDirect                                  figure
 }
@@ -47,7 +48,7 @@ type proxyResult struct {
 // newProxyResult returns a result whose figures all say "not measured".
 func newProxyResult() *proxyResult {
 	s := skippedFigure("")
-	return &proxyResult{s, s, s, s, s, s, s, s, s, s, s, s, s}
+	return &proxyResult{s, s, s, s, s, s, s, s, s, s, s, s, s, s}
 }
 
 // tableRow is one row of a result table: a label, a unit and where its figure is.
@@ -142,6 +143,7 @@ func proxyRows(cfg config) []tableRow {
 		{"CPU time to first sync, proxy + children", "s", func(r *proxyResult) figure { return r.cpuFirstSync }},
 		{"CPU time, whole first run", "s", func(r *proxyResult) figure { return r.cpuTotal }},
 		{"own metric: sync_proxy_rules_duration mean (count)", "ms", func(r *proxyResult) figure { return r.syncMean }},
+		{"own metric: mean duration of the syncs during the change samples (count)", "ms", func(r *proxyResult) figure { return r.changeSync }},
 		{fmt.Sprintf("connect latency, median of %d, 10 services", cfg.connects), "µs", func(r *proxyResult) figure { return r.connectSmall }},
 		{fmt.Sprintf("connect latency, median of %d, %d services", cfg.connects, cfg.services), "µs", func(r *proxyResult) figure { return r.connectLarge }},
 		{"baseline: connect latency to the pod IP, no Service, 10 services", "µs", func(r *proxyResult) figure { return r.connectDirect }},
