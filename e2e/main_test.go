@@ -52,7 +52,7 @@ func sharedCluster(t *testing.T) *cluster.Cluster {
 	}
 	shared.once.Do(func() {
 		began := time.Now()
-		shared.cluster, shared.err = cluster.New(cluster.Options{})
+		shared.cluster, shared.err = cluster.New(cluster.Options{RaceBinaries: raceBuild})
 		if shared.err == nil {
 			t.Logf("e2e: cluster %s up in %v (run dir %s)", shared.cluster.RunID, time.Since(began).Round(time.Millisecond), shared.cluster.Dir)
 		}

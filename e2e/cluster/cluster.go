@@ -63,6 +63,11 @@ type Options struct {
 	// APIServerArgs and ControllerManagerArgs are appended to the default flags.
 	APIServerArgs         []string
 	ControllerManagerArgs []string
+	// RaceBinaries builds the proxy and the pod agent with the race detector. The end-to-end
+	// tests set it: `go test -race` has compiled every dependency with -race already, so the
+	// binaries only link (a plain build compiles client-go and the rest again, minutes on a
+	// cold cache), and a data race in the real binaries shows in their logs.
+	RaceBinaries bool
 	// KeepDir keeps the run directory (logs, certificates, kubeconfig) after Stop; it is also
 	// kept when NODEPROXY_E2E_KEEP is set in the environment.
 	KeepDir bool

@@ -277,7 +277,7 @@ func (b *binaryBuilds) podAgent(c *Cluster) (string, error) {
 	return b.build(c, "podagent", moduleDir, ".")
 }
 
-// build runs `go build -o <run dir>/bin/<name> <pkg>` in dir, once.
+// build runs `go build [-race] -o <run dir>/bin/<name> <pkg>` in dir, once.
 func (b *binaryBuilds) build(c *Cluster, name, dir, pkg string) (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -285,7 +285,11 @@ func (b *binaryBuilds) build(c *Cluster, name, dir, pkg string) (string, error) 
 		return path, nil
 	}
 	path := filepath.Join(c.Dir, "bin", name)
-	cmd := exec.Command("go", "build", "-o", path, pkg)
+	args := []string{"build", "-o", path, pkg}
+	if c.opts.RaceBinaries {
+		args = []string{"build", "-race", "-o", path, pkg}
+	}
+	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building %s in %s: %w: %s", name, dir, err, strings.TrimSpace(string(out)))
