@@ -14,7 +14,7 @@ import (
 // Defaults for the zero values of Config.
 const (
 	// DefaultMaxConnections bounds the concurrently proxied TCP connections (each holds two
-	// sockets, two goroutines and, while data moves, up to two copy buffers of 32 or 256 KiB).
+	// sockets, two goroutines and, while copying, up to two splice pipes).
 	DefaultMaxConnections = 10000
 	// DefaultMaxUDPSessions bounds the concurrent UDP sessions (one socket and one goroutine each).
 	DefaultMaxUDPSessions = 10000

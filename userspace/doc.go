@@ -40,13 +40,10 @@
 // with the Service's timeout), and when a dial fails tries the next endpoint, each at most once.
 // Endpoints always see the node as the client: this mode cannot preserve the client address.
 //
-// TCP is copied with read/write through pooled buffers (32 KiB, 256 KiB for bulk streams),
-// taken only while a direction has data, and half-closed in both directions. Not io.Copy's
-// splice: measured on this project's 6.18 kernel (loopback, and the veth path of make bench),
-// read/write moved more bytes per second than splice through Go's 1 MiB pipes, at the cost of
-// one copy per byte through user memory. UDP keeps one session (one connected socket) per
-// client address with an idle timeout, and replies leave from the address the client's
-// datagrams were redirected to, so conntrack turns the source back into the service address. SCTP is not supported: SCTP
+// TCP is copied with io.Copy between *net.TCPConn (splice on Linux) and half-closed in both
+// directions; UDP keeps one session (one connected socket) per client address with an idle
+// timeout, and replies leave from the address the client's datagrams were redirected to, so
+// conntrack turns the source back into the service address. SCTP is not supported: SCTP
 // service ports are reported once in the log and skipped. See README.md for the differences
 // from the kernel modes.
 package userspace

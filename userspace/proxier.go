@@ -297,13 +297,14 @@ func logUnsupported(name endpoints.ServicePortName, proto v1.Protocol) {
 }
 
 // warnFileLimit logs when the open-file limit is below what the connection limits may need:
-// a TCP connection holds two sockets; a UDP session holds one socket.
+// a TCP connection holds two sockets and, while copying, up to two splice pipes of two
+// descriptors; a UDP session holds one socket.
 func warnFileLimit(cfg Config) {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return
 	}
-	need := uint64(2*cfg.MaxConnections + cfg.MaxUDPSessions + 1024)
+	need := uint64(6*cfg.MaxConnections + cfg.MaxUDPSessions + 1024)
 	if lim.Cur < need {
 		klog.InfoS("The open-file limit may be too low for the userspace proxy's connection limits",
 			"limit", lim.Cur, "mayNeed", need)

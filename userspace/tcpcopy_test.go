@@ -37,7 +37,7 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 	return client, server
 }
 
-// TestCopyStreamMovesEveryByte sends a bulk stream (which switches to large buffers) and then
+// TestCopyStreamMovesEveryByte sends a bulk stream (several splice chunks) and then
 // a few small writes through copyStream, and checks the bytes, their order, the counter and
 // that the copy ends with io.EOF at the sender's FIN.
 func TestCopyStreamMovesEveryByte(t *testing.T) {
