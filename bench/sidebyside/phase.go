@@ -214,7 +214,7 @@ func (b *bench) runLarge(impl proxyImpl, mode string, r *proxyResult) error {
 	klog.InfoS("First sync", "proxy", impl.name, "mode", mode, "seconds", r.firstSync.value, "status", r.firstSync.status)
 	r.cpuFirstSync = figureOf(treeCPUSeconds(node.Proxy.Pid()))
 	if r.firstSync.status == measured {
-		before, beforeErr := scrapeSyncMetric(b.c, node)
+		before, beforeErr := scrapeSyncMetricOnceExposed(b.c, node)
 		r.change = b.changeLatency(node)
 		r.changeSync = changeSyncMean(b.c, node, before, beforeErr)
 		r.connectLarge = connectLatency(b.c, net.JoinHostPort(b.latencyIP, "80"), b.cfg.connects)
@@ -239,6 +239,20 @@ func (b *bench) runLarge(impl proxyImpl, mode string, r *proxyResult) error {
 	}
 	r.restartSync, err = b.restart(impl, mode)
 	return err
+}
+
+// scrapeSyncMetricOnceExposed scrapes the sync metric, waiting up to 5 s for it to appear:
+// traffic may follow the first sync before the proxy records the sync's duration, and a
+// labelled histogram is not exposed before its first observation.
+func scrapeSyncMetricOnceExposed(c *cluster.Cluster, node *cluster.Node) (syncMetric, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, err := scrapeSyncMetric(c, node)
+		if err == nil || time.Now().After(deadline) {
+			return m, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // changeSyncMean is the mean duration of the syncs since before was scraped (the change
