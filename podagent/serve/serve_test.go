@@ -122,7 +122,15 @@ func TestRunEchoesAndDrainsOnStop(t *testing.T) {
 	}
 
 	cancel()
-	if code, _ := get(t, "http://"+addr(httpPort)+"/readyz"); code != 500 {
+	// Run notices the cancellation asynchronously: poll /readyz within the first part of the
+	// 300 ms drain (after it, the server is gone).
+	code := 0
+	for deadline := time.Now().Add(200 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if code, _ = get(t, "http://"+addr(httpPort)+"/readyz"); code == 500 {
+			break
+		}
+	}
+	if code != 500 {
 		t.Errorf("/readyz while draining: %d, want 500", code)
 	}
 	if res := <-done; res.code != 0 || res.err != nil {
