@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	goipt "github.com/coreos/go-iptables/iptables"
 	v1 "k8s.io/api/core/v1"
@@ -93,6 +94,11 @@ type execExecutor struct {
 	bins binaries
 	ipt  *goipt.IPTables
 	ns   nsRunner
+	// saveSize is the length of the last iptables-save output of each table: the next one
+	// is read into a buffer of that size (growing a buffer to the 2 MiB of a 1,000-Service
+	// table, doubling, cost ~30 ms of copying and page faults).
+	saveSizeMu sync.Mutex
+	saveSize   map[string]int
 }
 
 // newExecExecutor returns the real executor for family and variant in ns.
@@ -160,6 +166,9 @@ func (e *execExecutor) ChainNames(ctx context.Context, table string) ([]string, 
 // Save implements Executor.
 func (e *execExecutor) Save(ctx context.Context, table string) ([]byte, error) {
 	var out, stderr bytes.Buffer
+	e.saveSizeMu.Lock()
+	out.Grow(e.saveSize[table] + e.saveSize[table]/8)
+	e.saveSizeMu.Unlock()
 	err := e.ns.do(func() error {
 		cmd := exec.CommandContext(ctx, e.bins.save, "-t", table)
 		cmd.Stdout, cmd.Stderr = &out, &stderr
@@ -168,6 +177,12 @@ func (e *execExecutor) Save(ctx context.Context, table string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("running %s -t %s in %s: %w: %s", e.bins.save, table, e.ns, err, strings.TrimSpace(stderr.String()))
 	}
+	e.saveSizeMu.Lock()
+	if e.saveSize == nil {
+		e.saveSize = map[string]int{}
+	}
+	e.saveSize[table] = out.Len()
+	e.saveSizeMu.Unlock()
 	return out.Bytes(), nil
 }
 

@@ -93,7 +93,7 @@ func renderRules(r *portRules) []string {
 
 // world is a small API state fed to trackers, for Proxier tests over Fakes.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	p        *Proxier
 	fakes    map[v1.IPFamily]*Fake
 	trackers []*proxier.Tracker

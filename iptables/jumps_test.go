@@ -32,10 +32,13 @@ func TestFullSyncWritesOnlyMissingJumpsInItsRestore(t *testing.T) {
 		t.Fatalf("first full sync inserted %d jumps in its restore, want %d:\n%s", got, want, restores[len(restores)-1])
 	}
 
+	before := len(restores)
 	w.mustSync(true)
 	restores = fake.Restores()
-	if got := jumpInsertions(restores[len(restores)-1]); len(got) != 0 {
-		t.Fatalf("second full sync re-inserted present jumps: %q", got)
+	for _, r := range restores[before:] {
+		if got := jumpInsertions(r); len(got) != 0 {
+			t.Fatalf("second full sync re-inserted present jumps: %q", got)
+		}
 	}
 
 	// Something deletes one jump: the next full sync puts back exactly that one, once.

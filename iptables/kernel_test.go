@@ -27,7 +27,7 @@ func needRoot(t *testing.T) {
 }
 
 // newTestNetNS creates the named network namespace np-ipt-<random> and deletes it at cleanup.
-func newTestNetNS(t *testing.T) string {
+func newTestNetNS(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("np-ipt-%d-%06x", os.Getpid(), rand.IntN(1<<24))
 	errc := make(chan error, 1)
@@ -107,16 +107,21 @@ func savedRules(saved, chain string) []string {
 }
 
 // kernelWorld returns a world whose Proxier programs ns with the real binaries of variant.
-func kernelWorld(t *testing.T, ns, variant string, families ...v1.IPFamily) *world {
+func kernelWorld(t testing.TB, ns, variant string, families ...v1.IPFamily) *world {
+	t.Helper()
+	return kernelWorldConfig(t, Config{Families: families, NetNS: ns, Variant: variant, MasqueradeBit: 14, Detectors: podCIDR4, LocalhostNodePorts: true})
+}
+
+// kernelWorldConfig returns a world whose Proxier has cfg (which names the namespace).
+func kernelWorldConfig(t testing.TB, cfg Config) *world {
 	t.Helper()
 	w := &world{t: t, node: endpoints.Node{Name: testNode}}
-	cfg := Config{Families: families, NetNS: ns, Variant: variant, MasqueradeBit: 14, Detectors: podCIDR4, LocalhostNodePorts: true}
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	w.p = p
-	for _, f := range families {
+	for _, f := range cfg.Families {
 		w.trackers = append(w.trackers, proxier.NewTracker(f, testNode))
 	}
 	return w

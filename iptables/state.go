@@ -80,45 +80,86 @@ type builtPort struct {
 	rules *portRules
 }
 
-// renderFull writes a full sync: every top-level chain flushed and rewritten, every port's
-// chains written, and the stale service chains (existing, but not built: among them
-// upstream's and older nodeproxy's KUBE-SEP chains) deleted. It returns the write and the
-// state it programs.
-func renderFull(fr *familyRules, ports []builtPort, existingNAT []string) (*syncWrite, *committed) {
+// renderFull writes a full sync: every top-level chain and every port's chain that the tables
+// (saved: their iptables-save output, parsed, by table) do not already hold exactly is
+// flushed and rewritten, and the stale service chains (existing, but not built: among them
+// upstream's and older nodeproxy's KUBE-SEP chains) are deleted. Leaving identical chains
+// alone makes a restart over our own rules, and every periodic full sync, write only what
+// drifted. It returns the write and the state it programs.
+func renderFull(fr *familyRules, ports []builtPort, saved map[string]savedChains) (*syncWrite, *committed) {
 	sw := &syncWrite{support: []chainRules{fr.markMasqChain()}}
-	rt := &sw.final
 	state := &committed{ports: make(map[endpoints.ServicePortName]*committedPort, len(ports))}
-	top := fr.topChains()
-	for _, table := range []string{tableFilter, tableNAT} {
-		for _, chain := range top[table] {
-			rt.flushChain(table, chain)
-		}
-	}
+	top := newTopLevel(fr.topChains())
 	for _, r := range fr.staticRules() {
-		rt.appendRule(r)
+		top.add(r)
 		state.countStatic(r.table)
 	}
 	active := map[string]bool{}
+	nat := saved[tableNAT]
 	for _, p := range ports {
 		for _, r := range p.rules.top {
-			rt.appendRule(r)
+			top.add(r)
 		}
 		state.set(p.name, newCommittedPort(p.rules))
-		sw.addPort(p.rules.chains)
+		changed := make([]chainRules, 0, len(p.rules.chains))
 		for _, c := range p.rules.chains {
 			active[c.name] = true
+			if !nat.holds(c.name, c.rules) {
+				changed = append(changed, c)
+			}
 		}
+		sw.addPort(changed)
 	}
 	for _, r := range fr.nodePortJumps() {
-		rt.appendRule(r)
+		top.add(r)
 		state.countStatic(r.table)
 	}
-	for _, name := range existingNAT {
+	top.write(&sw.final, saved)
+	stale := make([]string, 0, len(nat))
+	for name := range nat {
 		if isServiceChain(name) && !active[name] {
-			rt.deleteChain(tableNAT, name)
+			stale = append(stale, name)
 		}
 	}
+	slices.Sort(stale)
+	for _, name := range stale {
+		sw.final.deleteChain(tableNAT, name)
+	}
 	return sw, state
+}
+
+// topLevel collects the rules of the top-level chains of a full sync, chain by chain in
+// order, so that each chain is written only when the kernel does not hold it already.
+type topLevel struct {
+	chains map[string][]string // by table, in order
+	rules  map[[2]string][]string
+}
+
+// newTopLevel starts the top-level chains of each table (chains: by table).
+func newTopLevel(chains map[string][]string) *topLevel {
+	return &topLevel{chains: chains, rules: map[[2]string][]string{}}
+}
+
+// add appends a rule to its chain.
+func (t *topLevel) add(r topRule) {
+	key := [2]string{r.table, r.chain}
+	if _, ok := t.rules[key]; !ok && !slices.Contains(t.chains[r.table], r.chain) {
+		t.chains[r.table] = append(t.chains[r.table], r.chain)
+	}
+	t.rules[key] = append(t.rules[key], r.spec)
+}
+
+// write flushes and fills, in rt, every top-level chain whose rules saved does not hold.
+func (t *topLevel) write(rt *restoreText, saved map[string]savedChains) {
+	for _, table := range []string{tableFilter, tableNAT} {
+		for _, chain := range t.chains[table] {
+			rules := t.rules[[2]string{table, chain}]
+			if saved[table].holds(chain, rules) {
+				continue
+			}
+			rt.writeChain(table, chainRules{name: chain, rules: rules})
+		}
+	}
 }
 
 // countStatic counts one rule that belongs to no service port.

@@ -65,8 +65,9 @@ type portInput struct {
 	eps  []endpoints.Endpoint
 }
 
-// syncFull rewrites every top-level chain and every service port's chains from the tracker,
-// deletes the stale service chains found in the kernel, and ensures the jump rules.
+// syncFull programs every top-level chain and every service port's chains from the tracker
+// (rewriting those the kernel does not hold exactly: see renderFull), deletes the stale
+// service chains found in the kernel, and ensures the jump rules.
 func (fp *familyProxier) syncFull(ctx context.Context, tracker *proxier.Tracker, node endpoints.Node) error {
 	var inputs []portInput
 	tracker.ForEach(func(p *proxier.ServicePort, eps []endpoints.Endpoint) {
@@ -77,20 +78,18 @@ func (fp *familyProxier) syncFull(ctx context.Context, tracker *proxier.Tracker,
 	for i, in := range inputs {
 		ports[i] = builtPort{name: in.port.Name, rules: fp.rules.buildPort(in.port, in.eps, node)}
 	}
-	natSave, natErr := fp.exec.Save(ctx, tableNAT)
-	if natErr != nil {
-		klog.ErrorS(natErr, "Failed to list nat chains: stale service chains will not be deleted", "family", fp.family)
+	saved, err := fp.saveTables(ctx)
+	if err != nil {
+		klog.ErrorS(err, "Failed to save the tables: every chain is rewritten, stale service chains stay", "family", fp.family)
 	}
-	sw, state := renderFull(fp.rules, ports, chainsFromSave(natSave))
-	jumpsWritten := false
-	if filterSave, err := fp.exec.Save(ctx, tableFilter); natErr == nil && err == nil {
-		fp.writeMissingJumps(&sw.final, map[string][]byte{tableNAT: natSave, tableFilter: filterSave})
-		jumpsWritten = true
+	sw, state := renderFull(fp.rules, ports, saved)
+	if err == nil {
+		fp.writeMissingJumps(&sw.final, saved)
 	}
 	if err := fp.restore(ctx, sw, true); err != nil {
 		return err
 	}
-	if !jumpsWritten {
+	if saved == nil {
 		if err := fp.ensureJumps(); err != nil {
 			return err
 		}
@@ -162,30 +161,31 @@ func (fp *familyProxier) jumps() []jumpRule {
 	return jumpRules
 }
 
+// saveTables reads the nat and filter tables (iptables-save), parsed; nil on failure.
+func (fp *familyProxier) saveTables(ctx context.Context) (map[string]savedChains, error) {
+	saved := map[string]savedChains{}
+	for _, table := range []string{tableNAT, tableFilter} {
+		out, err := fp.exec.Save(ctx, table)
+		if err != nil {
+			return nil, fmt.Errorf("saving table %s: %w", table, err)
+		}
+		saved[table] = parseSave(out)
+	}
+	return saved, nil
+}
+
 // writeMissingJumps adds to rt, the final restore of a full sync, an insertion at the top of
-// its built-in chain for every jump the tables' iptables-save output (saved, by table) lacks.
-// A full sync thus ensures the jumps inside its own restore instead of with two iptables
-// commands per jump (-C, then -I), each of which loads the table: 14 jumps cost 0.3-0.5 s at
-// 1,000 Services x 10 on iptables-nft, a third of the whole sync.
-func (fp *familyProxier) writeMissingJumps(rt *restoreText, saved map[string][]byte) {
+// its built-in chain for every jump the saved tables lack. A full sync thus ensures the
+// jumps inside its own restore instead of with two iptables commands per jump (-C, then -I),
+// each of which loads the table: 14 jumps cost 0.3-0.5 s at 1,000 Services x 10 on
+// iptables-nft, a third of the whole sync.
+func (fp *familyProxier) writeMissingJumps(rt *restoreText, saved map[string]savedChains) {
 	for _, j := range fp.jumps() {
-		if !hasJump(saved[j.table], j.from, j.to) {
+		if !saved[j.table].hasJump(j.from, j.to) {
 			t := rt.table(j.table)
 			t.rules = append(t.rules, "-I "+j.from+" 1 "+joinArgs(j.args()))
 		}
 	}
-}
-
-// hasJump reports whether iptables-save output holds a rule in chain from that jumps to to.
-func hasJump(save []byte, from, to string) bool {
-	prefix, suffix := "-A "+from+" ", " -j "+to
-	for line := range strings.Lines(string(save)) {
-		line = strings.TrimRight(line, "\n")
-		if strings.HasPrefix(line, prefix) && strings.HasSuffix(line, suffix) {
-			return true
-		}
-	}
-	return false
 }
 
 // ensureJumps makes sure the built-in chains jump to the top-level chains (which the restore
