@@ -74,3 +74,18 @@ func BenchmarkKernelOneEndpointChange(b *testing.B) {
 		w.mustSync(false)
 	}
 }
+
+// BenchmarkKernelEndpointsToLocalPod is the side-by-side benchmark's change: a Service's
+// ten endpoints replaced by one endpoint on this node, and back, in both families' proxier.
+func BenchmarkKernelEndpointsToLocalPod(b *testing.B) {
+	ns := benchNS(b)
+	w := kernelWorld(b, ns, VariantNFT, v1.IPv4Protocol, v1.IPv6Protocol)
+	fillWorld(w, 0)
+	w.mustSync(true)
+	i := 0
+	for b.Loop() {
+		i++
+		w.addSlice(slice("bench", fmt.Sprintf("s%05d", i%benchServices), "local:10.99.0.1"))
+		w.mustSync(false)
+	}
+}

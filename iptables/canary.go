@@ -23,13 +23,19 @@ const (
 	canarySettleTimeout = 5 * time.Second
 )
 
-// Run monitors the canary chains of every family until ctx is done, then deletes them. When a
-// canary disappears (an external flush of our tables), the family's next Sync becomes a full
-// one, Config.OnCanaryLost is called, and the canaries are recreated.
+// Run monitors the canary chains of every family until ctx is done, then deletes them and
+// ends the iptables-nft-restore processes the syncs kept running. When a canary disappears
+// (an external flush of our tables), the family's next Sync becomes a full one,
+// Config.OnCanaryLost is called, and the canaries are recreated.
 func (p *Proxier) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, fp := range p.families {
-		wg.Go(func() { fp.monitor(ctx, p.cfg.SyncPeriod, p.cfg.OnCanaryLost) })
+		wg.Go(func() {
+			fp.monitor(ctx, p.cfg.SyncPeriod, p.cfg.OnCanaryLost)
+			if e, ok := fp.exec.(*execExecutor); ok {
+				e.close()
+			}
+		})
 	}
 	wg.Wait()
 }

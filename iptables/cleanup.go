@@ -43,6 +43,7 @@ func Cleanup(netnsName string) error {
 			if err := cleanupFamily(exec); err != nil {
 				errs = append(errs, fmt.Errorf("cleaning up %s %s iptables rules: %w", variant, family, err))
 			}
+			exec.close()
 		}
 	}
 	return errors.Join(errs...)

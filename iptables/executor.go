@@ -94,6 +94,8 @@ type execExecutor struct {
 	bins binaries
 	ipt  *goipt.IPTables
 	ns   nsRunner
+	// session runs the restores on iptables-nft (nil on iptables-legacy).
+	session *restoreSession
 	// saveSize is the length of the last iptables-save output of each table: the next one
 	// is read into a buffer of that size (growing a buffer to the 2 MiB of a 1,000-Service
 	// table, doubling, cost ~30 ms of copying and page faults).
@@ -115,14 +117,22 @@ func newExecExecutor(family v1.IPFamily, variant string, ns nsRunner) (*execExec
 	if err != nil {
 		return nil, fmt.Errorf("setting up %s: %w", bins.main, err)
 	}
-	return &execExecutor{bins: bins, ipt: ipt, ns: ns}, nil
+	e := &execExecutor{bins: bins, ipt: ipt, ns: ns}
+	if variant == VariantNFT {
+		e.session = &restoreSession{path: bins.restore, ns: ns}
+	}
+	return e, nil
 }
 
 // failedLine matches the line number in iptables-restore's error message.
-var failedLine = regexp.MustCompile(`line (\d+) failed`)
+var failedLine = regexp.MustCompile(`line (\d+) failed|Error occurred at line: (\d+)`)
 
-// Restore implements Executor.
+// Restore implements Executor: through the executor's restore session on iptables-nft, with
+// one iptables-restore process per call on iptables-legacy.
 func (e *execExecutor) Restore(ctx context.Context, data []byte) error {
+	if e.session != nil {
+		return e.session.restore(ctx, data)
+	}
 	var stderr bytes.Buffer
 	err := e.ns.do(func() error {
 		cmd := exec.CommandContext(ctx, e.bins.restore, "-w", strconv.Itoa(waitSeconds), "--noflush")
@@ -133,13 +143,26 @@ func (e *execExecutor) Restore(ctx context.Context, data []byte) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.TrimSpace(stderr.String())
+	return fmt.Errorf("running %s --noflush in %s: %w: %s", e.bins.restore, e.ns, err, describeRestoreError(stderr.String(), data, 0))
+}
+
+// close ends the restore session's process, if any.
+func (e *execExecutor) close() {
+	if e.session != nil {
+		e.session.close()
+	}
+}
+
+// describeRestoreError returns iptables-restore's error output with the line it names quoted
+// from data; the process's line numbers count offset lines before data.
+func describeRestoreError(stderr string, data []byte, offset int) string {
+	msg := strings.TrimSpace(stderr)
 	if m := failedLine.FindStringSubmatch(msg); m != nil {
-		if n, convErr := strconv.Atoi(m[1]); convErr == nil {
-			msg += fmt.Sprintf(" (line %d: %q)", n, lineOf(data, n))
+		if n, convErr := strconv.Atoi(m[1] + m[2]); convErr == nil && n > offset {
+			msg += fmt.Sprintf(" (line %d of the input: %q)", n-offset, lineOf(data, n-offset))
 		}
 	}
-	return fmt.Errorf("running %s --noflush in %s: %w: %s", e.bins.restore, e.ns, err, msg)
+	return msg
 }
 
 // lineOf returns line n (1-based) of data.
