@@ -95,14 +95,14 @@ func topologyModeFromHints(eps []Endpoint, node Node) topologyMode {
 			continue
 		}
 		anyReady = true
-		if len(ep.NodeHints) == 0 {
+		if len(ep.NodeHints()) == 0 {
 			allNodeHinted = false
-		} else if node.Name != "" && slices.Contains(ep.NodeHints, node.Name) {
+		} else if node.Name != "" && slices.Contains(ep.NodeHints(), node.Name) {
 			forThisNode = true
 		}
-		if len(ep.ZoneHints) == 0 {
+		if len(ep.ZoneHints()) == 0 {
 			allZoneHinted = false
-		} else if node.Zone != "" && slices.Contains(ep.ZoneHints, node.Zone) {
+		} else if node.Zone != "" && slices.Contains(ep.ZoneHints(), node.Zone) {
 			forThisZone = true
 		}
 	}
@@ -133,24 +133,35 @@ func topologyModeFromHints(eps []Endpoint, node Node) topologyMode {
 func availableForTopology(ep Endpoint, mode topologyMode, node Node) bool {
 	switch mode {
 	case topologySameNode:
-		return slices.Contains(ep.NodeHints, node.Name)
+		return slices.Contains(ep.NodeHints(), node.Name)
 	case topologySameZone:
-		return slices.Contains(ep.ZoneHints, node.Zone)
+		return slices.Contains(ep.ZoneHints(), node.Zone)
 	default:
 		return true
 	}
 }
 
-// filter returns the endpoints for which keep is true, in their original order, as a new
-// non-nil slice.
+// filter returns the endpoints for which keep is true, in their original order, as a
+// non-nil slice that must not be modified: eps itself (capped, so appending copies) when
+// keep holds for all of them, the common case, else a new slice.
 func filter(eps []Endpoint, keep func(Endpoint) bool) []Endpoint {
-	out := []Endpoint{}
-	for _, ep := range eps {
+	for i, ep := range eps {
 		if keep(ep) {
-			out = append(out, ep)
+			continue
 		}
+		out := make([]Endpoint, i, len(eps)-1)
+		copy(out, eps[:i])
+		for _, ep := range eps[i+1:] {
+			if keep(ep) {
+				out = append(out, ep)
+			}
+		}
+		return out
 	}
-	return out
+	if eps == nil {
+		return []Endpoint{}
+	}
+	return eps[:len(eps):len(eps)]
 }
 
 // mergeSorted returns the union of two lists sorted by String(), dropping entries of b whose

@@ -37,9 +37,28 @@ func servingTerminating(e *Endpoint) { e.Ready = false; e.Serving = true; e.Term
 
 func notServingTerminating(e *Endpoint) { e.Ready = false; e.Serving = false; e.Terminating = true }
 
-func zones(names ...string) func(*Endpoint) { return func(e *Endpoint) { e.ZoneHints = names } }
+func zones(names ...string) func(*Endpoint) {
+	return func(e *Endpoint) { e.Hints = withHints(e.Hints, names, nil) }
+}
 
-func nodes(names ...string) func(*Endpoint) { return func(e *Endpoint) { e.NodeHints = names } }
+func nodes(names ...string) func(*Endpoint) {
+	return func(e *Endpoint) { e.Hints = withHints(e.Hints, nil, names) }
+}
+
+// withHints returns a copy of h with zones or nodes (when non-nil) replaced.
+func withHints(h *Hints, zones, nodes []string) *Hints {
+	out := Hints{}
+	if h != nil {
+		out = *h
+	}
+	if zones != nil {
+		out.Zones = zones
+	}
+	if nodes != nil {
+		out.Nodes = nodes
+	}
+	return &out
+}
 
 func port(p int32) func(*Endpoint) { return func(e *Endpoint) { e.Port = p } }
 

@@ -43,15 +43,9 @@ type sliceEndpoint struct {
 	addr     netip.Addr
 	nodeName string
 	// hints is nil when the endpoint has neither zone nor node hints; it is never modified once
-	// built, so Endpoints handed out may share its slices.
-	hints *endpointHints
+	// built, so Endpoints handed out share it.
+	hints *Hints
 	flags endpointFlags
-}
-
-// endpointHints are an endpoint's topology hints (nil slices when the slice gives none).
-type endpointHints struct {
-	zones []string
-	nodes []string
 }
 
 // endpointFlags packs an endpoint's conditions and locality.
@@ -209,21 +203,21 @@ func (c *SliceCache) compactEndpoint(slice *discovery.EndpointSlice, ep *discove
 }
 
 // compactHints converts API hints, returning nil when there are none.
-func compactHints(hints *discovery.EndpointHints) *endpointHints {
+func compactHints(hints *discovery.EndpointHints) *Hints {
 	if hints == nil || (len(hints.ForZones) == 0 && len(hints.ForNodes) == 0) {
 		return nil
 	}
-	out := &endpointHints{}
+	out := &Hints{}
 	if len(hints.ForZones) > 0 {
-		out.zones = make([]string, len(hints.ForZones))
+		out.Zones = make([]string, len(hints.ForZones))
 		for i, zone := range hints.ForZones {
-			out.zones[i] = intern(zone.Name)
+			out.Zones[i] = intern(zone.Name)
 		}
 	}
 	if len(hints.ForNodes) > 0 {
-		out.nodes = make([]string, len(hints.ForNodes))
+		out.Nodes = make([]string, len(hints.ForNodes))
 		for i, node := range hints.ForNodes {
-			out.nodes[i] = intern(node.Name)
+			out.Nodes[i] = intern(node.Name)
 		}
 	}
 	return out
@@ -248,7 +242,7 @@ func (e sliceEndpoint) equal(other sliceEndpoint) bool {
 	if e.hints == nil || other.hints == nil {
 		return e.hints == other.hints
 	}
-	return slices.Equal(e.hints.zones, other.hints.zones) && slices.Equal(e.hints.nodes, other.hints.nodes)
+	return slices.Equal(e.hints.Zones, other.hints.Zones) && slices.Equal(e.hints.Nodes, other.hints.Nodes)
 }
 
 // EndpointsFor merges every slice of svc into one endpoint list per service port (port name and
@@ -263,11 +257,22 @@ func (c *SliceCache) EndpointsFor(svc types.NamespacedName) map[ServicePortName]
 	if len(stored) == 0 {
 		return nil
 	}
-	out := make(map[ServicePortName][]Endpoint)
+	// Sized exactly: the tracker keeps these lists (100,000 endpoints at 10,000 Services x 10,
+	// where append's spare capacity was half of the tracker's memory).
+	sizes := make(map[ServicePortName]int, len(stored[0].ports))
+	for _, slice := range stored {
+		for _, port := range slice.ports {
+			sizes[ServicePortName{NamespacedName: svc, Port: port.name, Protocol: port.protocol}] += len(slice.endpoints)
+		}
+	}
+	out := make(map[ServicePortName][]Endpoint, len(sizes))
 	for _, slice := range stored {
 		for _, port := range slice.ports {
 			name := ServicePortName{NamespacedName: svc, Port: port.name, Protocol: port.protocol}
 			eps := out[name]
+			if eps == nil {
+				eps = make([]Endpoint, 0, sizes[name])
+			}
 			for _, ep := range slice.endpoints {
 				eps = append(eps, ep.toEndpoint(port.port))
 			}
@@ -294,10 +299,7 @@ func (e sliceEndpoint) toEndpoint(port int32) Endpoint {
 		Ready:       e.flags&flagReady != 0,
 		Serving:     e.flags&flagServing != 0,
 		Terminating: e.flags&flagTerminating != 0,
-	}
-	if e.hints != nil {
-		ep.ZoneHints = e.hints.zones
-		ep.NodeHints = e.hints.nodes
+		Hints:       e.hints,
 	}
 	return ep
 }

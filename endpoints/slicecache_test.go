@@ -97,7 +97,7 @@ func TestSliceCacheMergesSlicesAndConvertsFields(t *testing.T) {
 		{IP: netip.MustParseAddr("10.0.0.10"), Port: 80, NodeName: "node-b", Serving: true, Terminating: true},
 		{IP: netip.MustParseAddr("10.0.0.2"), Port: 80},
 		{IP: netip.MustParseAddr("10.0.0.9"), Port: 80, NodeName: cacheNode, Local: true, Ready: true, Serving: true,
-			ZoneHints: []string{"zone-a"}, NodeHints: []string{"node-a", "node-b"}},
+			Hints: &Hints{Zones: []string{"zone-a"}, Nodes: []string{"node-a", "node-b"}}},
 	}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("EndpointsFor:\n got %+v\nwant %+v", got, want)

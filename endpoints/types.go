@@ -34,14 +34,16 @@ func (n ServicePortName) String() string {
 	return n.NamespacedName.String() + ":" + n.Port
 }
 
-// Endpoint is one backend of a service port as published in an EndpointSlice.
+// Endpoint is one backend of a service port as published in an EndpointSlice. The proxy holds
+// one per endpoint and port (a million at 100,000 endpoints), so the fields are laid out to
+// keep it at 56 bytes.
 type Endpoint struct {
 	// IP is the endpoint's first address (upstream uses only Addresses[0]).
 	IP netip.Addr
-	// Port is the endpoint's target port.
-	Port int32
 	// NodeName is the node the endpoint runs on ("" if unknown).
 	NodeName string
+	// Port is the endpoint's target port.
+	Port int32
 	// Local is true when NodeName is this proxy's node.
 	Local bool
 	// Ready is Conditions.Ready (nil counts as true).
@@ -50,10 +52,32 @@ type Endpoint struct {
 	Serving bool
 	// Terminating is Conditions.Terminating (nil counts as false).
 	Terminating bool
-	// ZoneHints are hints.forZones names; nil when the slice gives none.
-	ZoneHints []string
-	// NodeHints are hints.forNodes names; nil when the slice gives none.
-	NodeHints []string
+	// Hints are the slice's topology hints; nil when it gives none. Shared, never modified.
+	Hints *Hints
+}
+
+// Hints are an endpoint's topology hints.
+type Hints struct {
+	// Zones are hints.forZones names; nil when the slice gives none.
+	Zones []string
+	// Nodes are hints.forNodes names; nil when the slice gives none.
+	Nodes []string
+}
+
+// ZoneHints returns the endpoint's hints.forZones names (nil when none).
+func (e Endpoint) ZoneHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.Zones
+}
+
+// NodeHints returns the endpoint's hints.forNodes names (nil when none).
+func (e Endpoint) NodeHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.Nodes
 }
 
 // AddrPort returns the endpoint's IP and port.

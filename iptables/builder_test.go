@@ -167,7 +167,7 @@ func TestBuildClusterIPVariants(t *testing.T) {
 func TestBuildTopology(t *testing.T) {
 	hinted := func(addr string, zone string) endpoints.Endpoint {
 		e := ep(addr, false)
-		e.ZoneHints = []string{zone}
+		e.Hints = &endpoints.Hints{Zones: []string{zone}}
 		return e
 	}
 	runBuilderCases(t, []builderCase{{
