@@ -18,9 +18,11 @@ import (
 type ServiceHandler interface {
 	// OnServiceAdd is called when a Service is created.
 	OnServiceAdd(service *v1.Service)
-	// OnServiceUpdate is called when a Service changes.
+	// OnServiceUpdate is called when a Service changes. oldService may carry only the
+	// previous object's identity and labels (the API source keeps no copies).
 	OnServiceUpdate(oldService, service *v1.Service)
-	// OnServiceDelete is called when a Service is deleted.
+	// OnServiceDelete is called when a Service is deleted (or leaves the proxy's selection).
+	// service may carry only its identity, labels and clusterIP (a deletion found by a relist).
 	OnServiceDelete(service *v1.Service)
 	// OnServiceSynced is called once all initial Services have been delivered.
 	OnServiceSynced()
@@ -30,9 +32,11 @@ type ServiceHandler interface {
 type EndpointSliceHandler interface {
 	// OnEndpointSliceAdd is called when an EndpointSlice is created.
 	OnEndpointSliceAdd(slice *discovery.EndpointSlice)
-	// OnEndpointSliceUpdate is called when an EndpointSlice changes.
+	// OnEndpointSliceUpdate is called when an EndpointSlice changes. oldSlice may carry only
+	// the previous object's identity and labels (the API source keeps no copies).
 	OnEndpointSliceUpdate(oldSlice, slice *discovery.EndpointSlice)
-	// OnEndpointSliceDelete is called when an EndpointSlice is deleted.
+	// OnEndpointSliceDelete is called when an EndpointSlice is deleted (or leaves the proxy's
+	// selection). slice may carry only its identity, labels and address type.
 	OnEndpointSliceDelete(slice *discovery.EndpointSlice)
 	// OnEndpointSlicesSynced is called once all initial EndpointSlices have been delivered.
 	OnEndpointSlicesSynced()
