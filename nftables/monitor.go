@@ -88,6 +88,9 @@ func (p *Proxier) startMonitor(onDrift func()) (*driftMonitor, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m.changedUnwatched() {
+		m.drift([]string{"nftables changed between the last unwatched sync and the start of the monitor"})
+	}
 	p.monitor.Store(m)
 	return m, nil
 }
@@ -96,6 +99,8 @@ func (p *Proxier) startMonitor(onDrift func()) (*driftMonitor, error) {
 type ownCommit struct {
 	p *Proxier
 	m *driftMonitor // nil: no monitor to tell
+	// unwatched is a commit while no monitor runs: end records the generation after it.
+	unwatched bool
 }
 
 // beginOwnCommit starts an own commit of tx: while a monitor runs, it reads the generation
@@ -103,8 +108,12 @@ type ownCommit struct {
 func (p *Proxier) beginOwnCommit(tx *Transaction) *ownCommit {
 	p.commitMu.Lock()
 	c := &ownCommit{p: p}
+	if tx.Empty() {
+		return c
+	}
 	m := p.monitor.Load()
-	if m == nil || tx.Empty() {
+	if m == nil {
+		c.unwatched = true
 		return c
 	}
 	gen, err := m.gens.current()
@@ -121,6 +130,9 @@ func (p *Proxier) beginOwnCommit(tx *Transaction) *ownCommit {
 // whether the batch was accepted.
 func (c *ownCommit) end(committed bool) {
 	defer c.p.commitMu.Unlock()
+	if c.unwatched && committed {
+		c.p.noteUnwatchedCommit()
+	}
 	if c.m == nil {
 		return
 	}
@@ -130,6 +142,19 @@ func (c *ownCommit) end(committed bool) {
 		return
 	}
 	c.m.drift(c.m.det.end(gen, committed))
+}
+
+// noteUnwatchedCommit records the generation after a commit made while no monitor ran (the
+// first sync: the monitor starts after it, so that the kernel does not copy the cold start's
+// hundreds of thousands of element notifications to it). A monitor that starts at another
+// generation knows that someone else committed in between. Called with commitMu held.
+func (p *Proxier) noteUnwatchedCommit() {
+	q := &generationQuerier{netNSFd: p.cfg.NetNSFd}
+	defer q.close()
+	p.unwatchedGen = 0
+	if gen, err := q.current(); err == nil {
+		p.unwatchedGen = 1<<32 | uint64(gen)
+	}
 }
 
 // driftMonitor reads one network namespace's nftables notifications for a Proxier.
@@ -180,6 +205,14 @@ func newDriftMonitor(p *Proxier, onDrift func()) (*driftMonitor, error) {
 	}
 	m.det = newDriftDetector(gen)
 	return m, nil
+}
+
+// changedUnwatched reports whether the generation moved since the last commit made while no
+// monitor ran, or is unknown (call with commitMu held, before the monitor is published).
+func (m *driftMonitor) changedUnwatched() bool {
+	known := m.p.unwatchedGen
+	m.p.unwatchedGen = 0
+	return known != 0 && known != 1<<32|uint64(m.det.generation())
 }
 
 // forceReceiveBuffer sets a socket's receive buffer beyond rmem_max (needs CAP_NET_ADMIN).

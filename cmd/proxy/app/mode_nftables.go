@@ -15,7 +15,7 @@ func init() {
 
 // newNFTablesBackend builds the netlink nftables backend for this node. Its drift monitor,
 // which forces a full sync (rebuilding the tables) when another process changes them, starts
-// with the first sync and stops with the returned stop function.
+// after the first successful sync and stops with the returned stop function.
 func newNFTablesBackend(ctx context.Context, env *modeEnv) (proxier.Backend, func(), error) {
 	cfg := env.Config
 	p, err := nftables.New(nftables.Config{
@@ -34,8 +34,8 @@ func newNFTablesBackend(ctx context.Context, env *modeEnv) (proxier.Backend, fun
 	return &monitoredNFTables{Proxier: p, ctx: monitorCtx, onDrift: env.forceFullSync}, stop, nil
 }
 
-// monitoredNFTables is the nftables backend that starts its drift monitor at the first sync:
-// the Core exists by then (env.core is set before the sync loop starts), so the monitor's
+// monitoredNFTables is the nftables backend that starts its drift monitor after its first
+// successful sync: the Core exists by then (env.core is set before the sync loop starts), so the monitor's
 // callback never races with the Core's creation.
 type monitoredNFTables struct {
 	*nftables.Proxier
@@ -44,8 +44,15 @@ type monitoredNFTables struct {
 	start   sync.Once
 }
 
-// Sync implements proxier.Backend.
+// Sync implements proxier.Backend. The monitor starts after the first successful sync: were
+// it subscribed during the cold start, the kernel would copy a notification of every element
+// to it (0.17 s of CPU at 10,000 Services x 10 on this machine) for nothing, since that sync
+// replaces whatever the table held. Changes between that sync and the monitor's start are
+// caught by their generation (nftables.Proxier.Run).
 func (b *monitoredNFTables) Sync(ctx context.Context, req *proxier.SyncRequest) error {
-	b.start.Do(func() { go b.Run(b.ctx, b.onDrift) })
-	return b.Proxier.Sync(ctx, req)
+	err := b.Proxier.Sync(ctx, req)
+	if err == nil {
+		b.start.Do(func() { go b.Run(b.ctx, b.onDrift) })
+	}
+	return err
 }
