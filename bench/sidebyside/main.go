@@ -71,6 +71,7 @@ type config struct {
 	services, endpoints int
 	cap, budget         time.Duration
 	modes               []string
+	skipUpstream        bool
 	userspace           bool
 	upstream            string
 	results             string
@@ -96,6 +97,7 @@ func parseConfig() (config, error) {
 	flag.DurationVar(&cfg.cap, "cap", cfg.cap, "cap of each wait (BENCH_FULL=1: 10m)")
 	flag.DurationVar(&cfg.budget, "budget", cfg.budget, "time budget of the measurements; later ones are skipped")
 	flag.StringVar(&modes, "modes", "nftables,iptables", "kernel modes to compare")
+	flag.BoolVar(&cfg.skipUpstream, "skip-upstream", false, "measure nodeproxy only (quick iterations; the report's upstream column stays empty)")
 	flag.BoolVar(&cfg.userspace, "userspace", true, "also compare nodeproxy's userspace and nftables data paths")
 	flag.StringVar(&cfg.upstream, "upstream", ".cache/bin/kube-proxy", "upstream kube-proxy binary (hack/kube-proxy.sh builds it)")
 	flag.StringVar(&cfg.results, "results", "bench/results.md", "file the report is appended to (empty: none)")

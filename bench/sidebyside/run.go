@@ -91,6 +91,9 @@ func newBench(cfg config, c *cluster.Cluster, deadline time.Time) (*bench, error
 // returns the figures by mode and proxy.
 func (b *bench) measure() (map[string]map[string]*proxyResult, map[string]time.Duration) {
 	impls := []proxyImpl{{name: nodeproxyName}, {name: upstreamName, binary: b.cfg.upstream}}
+	if b.cfg.skipUpstream {
+		impls = impls[:1]
+	}
 	results := map[string]map[string]*proxyResult{}
 	for _, mode := range slices.Concat(b.cfg.modes, []string{"userspace"}) {
 		results[mode] = map[string]*proxyResult{upstreamName: newProxyResult(), nodeproxyName: newProxyResult()}
