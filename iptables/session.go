@@ -67,6 +67,10 @@ func (b *lockedBuffer) String() string {
 func (s *restoreSession) restore(ctx context.Context, data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.proc != nil && s.proc.exited() {
+		s.proc.reap()
+		s.proc = nil
+	}
 	if s.proc == nil {
 		p, err := s.start()
 		if err != nil {
@@ -130,17 +134,37 @@ func (s *restoreSession) start() (*sessionProcess, error) {
 	return p, nil
 }
 
-// failed ends p (which may have exited already) and returns the error of the restore of
-// data, whose lines start after offset lines of p's input.
-func (s *restoreSession) failed(p *sessionProcess, offset int, data []byte, cause error) error {
-	s.proc = nil
+// exited reports whether the process ended while idle (killed by someone, say): its stdout
+// reached EOF. Stray output lines read here are dropped; only acknowledgements matter.
+func (p *sessionProcess) exited() bool {
+	for {
+		select {
+		case _, ok := <-p.lines:
+			if !ok {
+				return true
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// reap ends the process (which may have exited already) and waits for it.
+func (p *sessionProcess) reap() error {
 	p.stdin.Close()
 	if p.cmd.Process != nil {
-		p.cmd.Process.Kill()
+		_ = p.cmd.Process.Kill()
 	}
 	for range p.lines { // drain until the reader sees EOF
 	}
-	waitErr := p.cmd.Wait()
+	return p.cmd.Wait()
+}
+
+// failed ends p and returns the error of the restore of data, whose lines start after offset
+// lines of p's input.
+func (s *restoreSession) failed(p *sessionProcess, offset int, data []byte, cause error) error {
+	s.proc = nil
+	waitErr := p.reap()
 	msg := describeRestoreError(p.stderr.String(), data, offset)
 	return fmt.Errorf("running %s -v --noflush in %s: %w (%v): %s", s.path, s.ns, cause, waitErr, msg)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -82,5 +83,32 @@ func TestRestoreSessionEndsWithTheContext(t *testing.T) {
 	}
 	if e.session.proc != nil {
 		t.Errorf("the session kept the ended process")
+	}
+}
+
+func TestRestoreSessionReplacesAProcessThatDiedWhileIdle(t *testing.T) {
+	e, ns := newTestSession(t)
+	ctx := context.Background()
+	if err := e.Restore(ctx, []byte("*nat\n:NP-FIRST - [0:0]\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	p := e.session.proc
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !p.exited(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed process's output never ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := e.Restore(ctx, []byte("*nat\n:NP-SECOND - [0:0]\nCOMMIT\n")); err != nil {
+		t.Fatalf("restore after the process died: %v", err)
+	}
+	if e.session.proc == p {
+		t.Errorf("the dead process was kept")
+	}
+	if !strings.Contains(save(t, ns, VariantNFT, v1.IPv4Protocol, "nat"), ":NP-SECOND") {
+		t.Errorf("the restore after the process died was not applied")
 	}
 }
