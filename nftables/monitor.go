@@ -144,6 +144,10 @@ func (c *ownCommit) end(committed bool) {
 	c.m.drift(c.m.det.end(gen, committed))
 }
 
+// unwatchedGenUnknown marks an unwatched commit whose generation could not be read: a
+// monitor starting after it assumes someone else committed too.
+const unwatchedGenUnknown = 1 << 33
+
 // noteUnwatchedCommit records the generation after a commit made while no monitor ran (the
 // first sync: the monitor starts after it, so that the kernel does not copy the cold start's
 // hundreds of thousands of element notifications to it). A monitor that starts at another
@@ -151,7 +155,7 @@ func (c *ownCommit) end(committed bool) {
 func (p *Proxier) noteUnwatchedCommit() {
 	q := &generationQuerier{netNSFd: p.cfg.NetNSFd}
 	defer q.close()
-	p.unwatchedGen = 0
+	p.unwatchedGen = unwatchedGenUnknown
 	if gen, err := q.current(); err == nil {
 		p.unwatchedGen = 1<<32 | uint64(gen)
 	}

@@ -60,7 +60,7 @@ type Proxier struct {
 	// commitMu is held across each commit and while a monitor starts (monitor.go).
 	commitMu sync.Mutex
 	// unwatchedGen is the generation after the last commit made while no monitor ran, with
-	// bit 32 set when known (monitor.go); guarded by commitMu.
+	// bit 32 set (0: none; unwatchedGenUnknown: not readable; monitor.go); guarded by commitMu.
 	unwatchedGen uint64
 	// rebuild, set when another process changed our tables, makes the next Sync rebuild them.
 	rebuild atomic.Bool
