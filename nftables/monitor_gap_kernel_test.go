@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nodeproxy/nodeproxy/proxier"
 )
 
 // TestKernelDriftBeforeTheMonitorStarts: the monitor starts after the first sync (as the
@@ -22,16 +20,7 @@ func TestKernelDriftBeforeTheMonitorStarts(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			ns := newTestNetns(t)
-			cfg := testConfig()
-			cfg.NetNSFd = ns.fd()
-			p, err := New(cfg)
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			core, err := proxier.NewCore(proxier.CoreConfig{NodeName: testNode, Families: cfg.Families, SyncPeriod: time.Second}, p)
-			if err != nil {
-				t.Fatalf("NewCore: %v", err)
-			}
+			p, core := newKernelCore(t, ns)
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			t.Cleanup(func() { cancel(); wg.Wait() })

@@ -32,16 +32,7 @@ type monitoredCore struct {
 func startMonitoredCore(t *testing.T) *monitoredCore {
 	t.Helper()
 	ns := newTestNetns(t)
-	cfg := testConfig()
-	cfg.NetNSFd = ns.fd()
-	p, err := New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	core, err := proxier.NewCore(proxier.CoreConfig{NodeName: testNode, Families: cfg.Families, SyncPeriod: time.Second}, p)
-	if err != nil {
-		t.Fatalf("NewCore: %v", err)
-	}
+	p, core := newKernelCore(t, ns)
 	mc := &monitoredCore{ns: ns, p: p, core: core}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -58,6 +49,22 @@ func startMonitoredCore(t *testing.T) *monitoredCore {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	waitFor(t, "the drift monitor to start", 5*time.Second, func() bool { return p.monitor.Load() != nil })
 	return mc
+}
+
+// newKernelCore returns a Proxier programming ns and a Core driving it (not started).
+func newKernelCore(t *testing.T, ns *testNetns) (*Proxier, *proxier.Core) {
+	t.Helper()
+	cfg := testConfig()
+	cfg.NetNSFd = ns.fd()
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	core, err := proxier.NewCore(proxier.CoreConfig{NodeName: testNode, Families: cfg.Families, SyncPeriod: time.Second}, p)
+	if err != nil {
+		t.Fatalf("NewCore: %v", err)
+	}
+	return p, core
 }
 
 // waitFor polls cond every 10 ms until it holds, failing the test after bound.

@@ -65,6 +65,12 @@ func (s *eventStore[T]) Add(obj any) error {
 	if err != nil {
 		return err
 	}
+	s.deliver(typed, key)
+	return nil
+}
+
+// deliver records the object under key and delivers it as an add or an update.
+func (s *eventStore[T]) deliver(typed T, key string) {
 	s.mu.Lock()
 	old, existed := s.known[key]
 	s.known[key] = s.kind.compact(typed)
@@ -74,7 +80,6 @@ func (s *eventStore[T]) Add(obj any) error {
 	} else {
 		s.events.add(typed)
 	}
-	return nil
 }
 
 // Update implements cache.ReflectorStore.
@@ -101,14 +106,12 @@ func (s *eventStore[T]) Delete(obj any) error {
 func (s *eventStore[T]) Replace(list []any, _ string) error {
 	listed := make(map[string]bool, len(list))
 	for i, obj := range list {
-		_, key, err := s.keyed(obj)
+		typed, key, err := s.keyed(obj)
 		if err != nil {
 			return err
 		}
 		listed[key] = true
-		if err := s.Add(obj); err != nil {
-			return err
-		}
+		s.deliver(typed, key)
 		list[i] = nil // the store owns the list: let the object go as soon as it is delivered
 	}
 	s.mu.Lock()
