@@ -30,6 +30,9 @@ type chainRules struct {
 type portRules struct {
 	top    []topRule
 	chains []chainRules
+	// endpointCount is the number of endpoints the port was built from (large-cluster mode
+	// counts them).
+	endpointCount int
 }
 
 // familyRules is what rule building needs to know about one IP family's configuration.
@@ -49,6 +52,31 @@ type familyRules struct {
 	localhostNodePorts bool
 	// tcpBeLiberal suppresses the INVALID drop rule in KUBE-FORWARD.
 	tcpBeLiberal bool
+	// largeCluster drops the comments of per-endpoint rules, as upstream's large-cluster
+	// mode does above largeClusterEndpointsThreshold endpoints (see largeClusterMode).
+	largeCluster bool
+}
+
+// largeClusterEndpointsThreshold is upstream's: with more endpoints than this in all service
+// ports together, per-endpoint rules carry no comment. Besides a smaller ruleset, this makes
+// every change cheaper on iptables-nft: a comment is an xtables match the kernel walks on
+// each commit that adds a jump or DNAT rule (it validates the whole chain graph reachable
+// from the nat table's base chains, once per hook).
+const largeClusterEndpointsThreshold = 1000
+
+// largeClusterMode reports whether a ruleset over totalEndpoints endpoints is built in
+// large-cluster mode.
+func largeClusterMode(totalEndpoints int) bool {
+	return totalEndpoints > largeClusterEndpointsThreshold
+}
+
+// endpointComment returns the comment match of a per-endpoint rule: none in large-cluster
+// mode.
+func (fr *familyRules) endpointComment(text string) string {
+	if fr.largeCluster {
+		return ""
+	}
+	return comment(text)
 }
 
 // comment returns the comment match for text.
@@ -102,7 +130,7 @@ func probability(n int) string { return strconv.FormatFloat(1.0/float64(n), 'f',
 // buildPort returns the rules of one service port with its endpoints, as seen from node.
 func (fr *familyRules) buildPort(p *proxier.ServicePort, eps []endpoints.Endpoint, node endpoints.Node) *portRules {
 	pl := newPortPlan(fr, p, endpoints.Choose(eps, p.Policy(), node))
-	out := &portRules{top: pl.topRules()}
+	out := &portRules{top: pl.topRules(), endpointCount: len(eps)}
 	if c, ok := pl.externalChain(); ok {
 		out.chains = append(out.chains, c)
 	}

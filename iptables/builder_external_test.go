@@ -38,8 +38,8 @@ func TestBuildExternal(t *testing.T) {
 	}
 	svcRules := []string{
 		`nat {SVC} -m comment --comment "ns2/lb:p80 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+		`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 	}
 	cat := func(parts ...[]string) []string {
 		var out []string
@@ -66,7 +66,7 @@ func TestBuildExternal(t *testing.T) {
 			`nat {EXT} -m comment --comment "route LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j {SVC}`,
 			`nat {EXT} -j {SVL}`,
 		}, svcRules, []string{
-			`nat {SVL} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVL} -m comment --comment "ns2/lb:p80 -> 10.180.0.2:80" -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 		}),
 	}, {
 		name: "eTP Local without local endpoints: outside traffic dropped",
@@ -84,7 +84,7 @@ func TestBuildExternal(t *testing.T) {
 			`nat {EXT} -m comment --comment "masquerade LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`,
 			`nat {EXT} -m comment --comment "route LOCAL traffic for ns2/lb:p80 external destinations" -m addrtype --src-type LOCAL -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns2/lb:p80 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns2/lb:p80 -> 10.180.0.1:80" -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}})
 }
@@ -125,7 +125,7 @@ func TestBuildFirewallAndPolicies(t *testing.T) {
 			`nat {FW} -m comment --comment "ns3/fw:p80 loadbalancer IP" -s 1.2.3.4 -j {EXT}`,
 			`nat {FW} -m comment --comment "other traffic to ns3/fw:p80 will be dropped by KUBE-PROXY-FIREWALL"`,
 			`nat {SVC} -m comment --comment "ns3/fw:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns3/fw:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns3/fw:p80 -> 10.180.0.1:80" -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}, {
 		name: "iTP Local without local endpoints: ClusterIP traffic dropped",
@@ -147,10 +147,10 @@ func TestBuildFirewallAndPolicies(t *testing.T) {
 			`nat {EXT} -m comment --comment "masquerade LOCAL traffic for ns4/both:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`,
 			`nat {EXT} -m comment --comment "route LOCAL traffic for ns4/both:p80 external destinations" -m addrtype --src-type LOCAL -j {SVC}`,
 			`nat {EXT} -j {SVL}`,
-			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 			`nat {SVL} -m comment --comment "ns4/both:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVL} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVL} -m comment --comment "ns4/both:p80 -> 10.180.0.2:80" -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 		},
 	}})
 }

@@ -92,8 +92,8 @@ func TestBuildClusterIP(t *testing.T) {
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {SVC}`,
 			`nat KUBE-HAIRPIN -m comment --comment "ns1/svc1:p80 hairpin 10.180.0.2:80" -m conntrack --ctstate DNAT -s 10.180.0.2 -d 10.180.0.2 -m tcp -p tcp --dport 80 -j KUBE-MARK-MASQ`,
 			`nat {SVC} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 		},
 	}, {
 		name: "masquerade all",
@@ -102,7 +102,7 @@ func TestBuildClusterIP(t *testing.T) {
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}, {
 		name: "interface prefix detector, UDP",
@@ -114,7 +114,7 @@ func TestBuildClusterIP(t *testing.T) {
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns1/dns:p80 cluster IP" -m udp -p udp -d 172.30.0.10 --dport 53 -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns1/dns:p80 cluster IP" -m udp -p udp -d 172.30.0.10 --dport 53 ! -i veth+ -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/dns:p80 -> 10.180.0.1:53" -m udp -p udp -j DNAT --to-destination 10.180.0.1:53`,
+			`nat {SVC} -m comment --comment "ns1/dns:p80 -> 10.180.0.1:53" -p udp -j DNAT --to-destination 10.180.0.1:53`,
 		},
 	}})
 }
@@ -128,7 +128,7 @@ func TestBuildClusterIPVariants(t *testing.T) {
 		port: plain, eps: two[:1],
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {SVC}`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}, {
 		name: "session affinity",
@@ -138,10 +138,10 @@ func TestBuildClusterIPVariants(t *testing.T) {
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {SVC}`,
 			`nat KUBE-HAIRPIN -m comment --comment "ns1/svc1:p80 hairpin 10.180.0.2:80" -m conntrack --ctstate DNAT -s 10.180.0.2 -d 10.180.0.2 -m tcp -p tcp --dport 80 -j KUBE-MARK-MASQ`,
 			`nat {SVC} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m recent --name {SEP 10.180.0.1:80} --update --seconds 10800 --reap -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m recent --name {SEP 10.180.0.2:80} --update --seconds 10800 --reap -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m recent --name {SEP 10.180.0.1:80} --set -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m recent --name {SEP 10.180.0.2:80} --set -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m recent --name {SEP 10.180.0.1:80} --update --seconds 10800 --reap -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m recent --name {SEP 10.180.0.2:80} --update --seconds 10800 --reap -p tcp -j DNAT --to-destination 10.180.0.2:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m recent --name {SEP 10.180.0.1:80} --set -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m recent --name {SEP 10.180.0.2:80} --set -p tcp -j DNAT --to-destination 10.180.0.2:80`,
 		},
 	}, {
 		name: "no endpoints: reject",
@@ -159,7 +159,7 @@ func TestBuildClusterIPVariants(t *testing.T) {
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}})
 }
@@ -178,7 +178,7 @@ func TestBuildTopology(t *testing.T) {
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -p tcp -j DNAT --to-destination 10.180.0.1:80`,
 		},
 	}})
 }
@@ -196,7 +196,7 @@ func TestBuildIPv6(t *testing.T) {
 		want: []string{
 			`nat KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d fd00:10:96::1 --dport 80 -j {SVC}`,
 			`nat {SVC} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d fd00:10:96::1 --dport 80 ! -s fd00:10::/64 -j KUBE-MARK-MASQ`,
-			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> [fd00:10::5]:80" -m tcp -p tcp -j DNAT --to-destination [fd00:10::5]:80`,
+			`nat {SVC} -m comment --comment "ns1/svc1:p80 -> [fd00:10::5]:80" -p tcp -j DNAT --to-destination [fd00:10::5]:80`,
 		},
 	}})
 }

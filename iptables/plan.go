@@ -205,7 +205,7 @@ func (pl *portPlan) policyChain(name string, eps []endpoints.Endpoint) chainRule
 	if pl.p.ClientIPAffinity {
 		seconds := strconv.Itoa(int(pl.p.StickyMaxAgeSeconds))
 		for _, ep := range eps {
-			c.rules = append(c.rules, join(comment(pl.name+" -> "+ep.String()),
+			c.rules = append(c.rules, join(pl.fr.endpointComment(pl.name+" -> "+ep.String()),
 				"-m recent --name", pl.affinityList(ep), "--update --seconds", seconds, "--reap", pl.dnat(ep)))
 		}
 	}
@@ -217,7 +217,7 @@ func (pl *portPlan) policyChain(name string, eps []endpoints.Endpoint) chainRule
 		if pl.p.ClientIPAffinity {
 			recent = "-m recent --name " + pl.affinityList(ep) + " --set"
 		}
-		c.rules = append(c.rules, join(comment(pl.name+" -> "+ep.String()), stat, recent, pl.dnat(ep)))
+		c.rules = append(c.rules, join(pl.fr.endpointComment(pl.name+" -> "+ep.String()), stat, recent, pl.dnat(ep)))
 	}
 	return c
 }
@@ -228,9 +228,11 @@ func (pl *portPlan) affinityList(ep endpoints.Endpoint) string {
 	return endpointChain(pl.name, pl.proto, ep.String())
 }
 
-// dnat returns "-m proto -p proto -j DNAT --to-destination EP".
+// dnat returns "-p proto -j DNAT --to-destination EP". Unlike upstream it leaves out
+// "-m proto": without options that match only repeats -p, and on iptables-nft it is one more
+// xtables expression per endpoint rule, for packets and for every commit's validation.
 func (pl *portPlan) dnat(ep endpoints.Endpoint) string {
-	return join(protoMatch(pl.proto), jump("DNAT"), "--to-destination", ep.String())
+	return join("-p", pl.proto, jump("DNAT"), "--to-destination", ep.String())
 }
 
 // hairpinRules returns the port's KUBE-HAIRPIN rules: a node-local endpoint reaching itself
@@ -244,7 +246,7 @@ func (pl *portPlan) hairpinRules() []topRule {
 		}
 		ip := ep.IP.String()
 		out = append(out, topRule{table: tableNAT, chain: ChainHairpin, spec: join(
-			comment(pl.name+" hairpin "+ep.String()), "-m conntrack --ctstate DNAT", "-s", ip, "-d", ip,
+			pl.fr.endpointComment(pl.name+" hairpin "+ep.String()), "-m conntrack --ctstate DNAT", "-s", ip, "-d", ip,
 			protoMatch(pl.proto), "--dport", strconv.Itoa(int(ep.Port)), jump(ChainMarkMasq))})
 	}
 	return out

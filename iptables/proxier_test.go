@@ -80,7 +80,7 @@ COMMIT
 -A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O
 -A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
 -A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
--A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:8080" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:8080
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:8080" -p tcp -j DNAT --to-destination 10.180.0.1:8080
 COMMIT
 `
 	if got := sectionOf(dump, "filter"); got != wantFilter {
@@ -337,4 +337,49 @@ func TestNewValidates(t *testing.T) {
 			t.Errorf("%s: New succeeded", name)
 		}
 	}
+}
+
+// TestLargeClusterModeDropsEndpointComments: above 1,000 endpoints in all, per-endpoint rules
+// (DNAT, hairpin) carry no comment, as in upstream's large-cluster mode; crossing the threshold
+// in a partial sync rewrites every port's chains, in either direction.
+func TestLargeClusterModeDropsEndpointComments(t *testing.T) {
+	w := newWorld(t, Config{Detectors: podCIDR4})
+	manyServices(w, 1000) // one endpoint each: 1,000, not above the threshold
+	w.mustSync(true)
+	fake := w.fakes[v1.IPv4Protocol]
+	farChain := chainsFor("ns/svc-999:p80", "tcp").cluster
+	commented := func(chain string) []bool {
+		var out []bool
+		for _, r := range fake.Rules(tableNAT, chain) {
+			out = append(out, strings.Contains(r, "-m comment"))
+		}
+		return out
+	}
+	if got := commented(farChain); !slices.Equal(got, []bool{true, true}) {
+		t.Fatalf("below the threshold, comments on %s's rules (masquerade, DNAT) = %v, want both", farChain, got)
+	}
+
+	w.addSlice(slice("ns", "svc-0", "local:10.1.0.1", "10.1.0.200")) // 1,001 endpoints
+	w.mustSync(false)
+	if got := commented(farChain); !slices.Equal(got, []bool{true, false}) {
+		t.Errorf("above the threshold, comments on %s's rules = %v, want only the masquerade rule's", farChain, got)
+	}
+	for _, r := range fake.Rules(tableNAT, ChainHairpin) {
+		if strings.Contains(r, "-m comment") {
+			t.Errorf("above the threshold, hairpin rule %q has a comment", r)
+		}
+	}
+	for _, r := range fake.Rules(tableNAT, ChainServices) {
+		if !strings.Contains(r, "-m comment") {
+			t.Errorf("KUBE-SERVICES rule %q lost its comment: only per-endpoint rules do", r)
+		}
+	}
+	equivalentToFull(t, w)
+
+	w.addSlice(slice("ns", "svc-0", "10.1.0.1")) // back to 1,000
+	w.mustSync(false)
+	if got := commented(farChain); !slices.Equal(got, []bool{true, true}) {
+		t.Errorf("back at the threshold, comments on %s's rules = %v, want both", farChain, got)
+	}
+	equivalentToFull(t, w)
 }

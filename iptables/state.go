@@ -27,15 +27,16 @@ func digestOf(c chainRules) digest {
 // restore: its top-level rules verbatim (partial syncs delete them by spec) and a digest of
 // each of its chains (partial syncs skip chains whose content is unchanged).
 type committedPort struct {
-	top         []topRule
-	chains      map[string]digest
-	natRules    int
-	filterRules int
+	top           []topRule
+	chains        map[string]digest
+	natRules      int
+	filterRules   int
+	endpointCount int
 }
 
 // newCommittedPort records r.
 func newCommittedPort(r *portRules) *committedPort {
-	c := &committedPort{top: r.top, chains: make(map[string]digest, len(r.chains))}
+	c := &committedPort{top: r.top, chains: make(map[string]digest, len(r.chains)), endpointCount: r.endpointCount}
 	for _, ch := range r.chains {
 		c.chains[ch.name] = digestOf(ch)
 		c.natRules += len(ch.rules)
@@ -57,6 +58,8 @@ type committed struct {
 	// staticNAT and staticFilter count the rules that belong to no service port.
 	staticNAT, staticFilter int
 	natRules, filterRules   int
+	// endpointCount counts the endpoints of all ports (large-cluster mode).
+	endpointCount int
 }
 
 // set records (or with nil, forgets) one port's state and keeps the totals.
@@ -64,6 +67,7 @@ func (c *committed) set(name endpoints.ServicePortName, rec *committedPort) {
 	if old := c.ports[name]; old != nil {
 		c.natRules -= old.natRules
 		c.filterRules -= old.filterRules
+		c.endpointCount -= old.endpointCount
 	}
 	if rec == nil {
 		delete(c.ports, name)
@@ -72,6 +76,7 @@ func (c *committed) set(name endpoints.ServicePortName, rec *committedPort) {
 	c.ports[name] = rec
 	c.natRules += rec.natRules
 	c.filterRules += rec.filterRules
+	c.endpointCount += rec.endpointCount
 }
 
 // builtPort is one service port with its rules, as a full sync builds them.

@@ -39,6 +39,9 @@ func (fp *familyProxier) sync(ctx context.Context, full bool, co *proxier.Checko
 	if fp.canaryLost.Swap(false) || fp.state == nil {
 		full = true
 	}
+	if !full && co != nil && largeClusterMode(fp.endpointsAfter(co)) != fp.rules.largeCluster {
+		full = true // every per-endpoint rule gains or loses its comment
+	}
 	var err error
 	switch {
 	case full && tracker == nil:
@@ -74,6 +77,11 @@ func (fp *familyProxier) syncFull(ctx context.Context, tracker *proxier.Tracker,
 		inputs = append(inputs, portInput{port: p, eps: eps})
 	})
 	slices.SortFunc(inputs, func(a, b portInput) int { return comparePortNames(a.port.Name, b.port.Name) })
+	total := 0
+	for _, in := range inputs {
+		total += len(in.eps)
+	}
+	fp.setLargeCluster(largeClusterMode(total), total)
 	ports := make([]builtPort, len(inputs))
 	for i, in := range inputs {
 		ports[i] = builtPort{name: in.port.Name, rules: fp.rules.buildPort(in.port, in.eps, node)}
@@ -96,6 +104,30 @@ func (fp *familyProxier) syncFull(ctx context.Context, tracker *proxier.Tracker,
 	}
 	fp.state = state
 	return nil
+}
+
+// endpointsAfter returns how many endpoints all ports will have once co is applied.
+func (fp *familyProxier) endpointsAfter(co *proxier.Checkout) int {
+	total := fp.state.endpointCount
+	for i := range co.Changes {
+		ch := &co.Changes[i]
+		if old := fp.state.ports[ch.Name]; old != nil {
+			total -= old.endpointCount
+		}
+		if ch.Current != nil {
+			total += len(ch.Endpoints)
+		}
+	}
+	return total
+}
+
+// setLargeCluster switches large-cluster mode for the rules built from now on.
+func (fp *familyProxier) setLargeCluster(on bool, count int) {
+	if on != fp.rules.largeCluster {
+		klog.InfoS("Per-endpoint rules carry comments only up to the large-cluster threshold",
+			"family", fp.family, "endpoints", count, "threshold", largeClusterEndpointsThreshold, "comments", !on)
+	}
+	fp.rules.largeCluster = on
 }
 
 // syncPartial writes only what the checkout's changes alter, computed against the committed
