@@ -45,6 +45,16 @@ func (c *recordingConn) Apply(tx *Transaction) error {
 	return c.conn.Apply(tx)
 }
 
+// ApplyStaged passes staging on to the recorded Conn when it can stage.
+func (c *recordingConn) ApplyStaged(tx *Transaction) (bool, error) {
+	s, ok := c.conn.(stager)
+	if !ok {
+		return false, nil
+	}
+	c.last = tx
+	return s.ApplyStaged(tx)
+}
+
 // checkGolden compares got with testdata/name (or rewrites it with -update).
 func checkGolden(t *testing.T, name, got string) {
 	t.Helper()

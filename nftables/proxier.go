@@ -167,7 +167,7 @@ func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 		next[co.Family] = st
 	}
 	own := p.beginOwnCommit(tx)
-	err := p.conn.Apply(tx)
+	err := p.apply(tx, own)
 	own.end(err == nil)
 	if err != nil {
 		p.failed(next)
@@ -179,6 +179,22 @@ func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 	}
 	klog.V(2).InfoS("Synced nftables", "full", req.Full, "operations", tx.Operations(), "elapsed", time.Since(start))
 	return nil
+}
+
+// apply applies tx: in stages when it creates the tables on a node that has none and no
+// drift monitor watches the commits yet (see staged.go), otherwise as one batch.
+func (p *Proxier) apply(tx *Transaction, own *ownCommit) error {
+	if !createsTables(tx) {
+		return p.conn.Apply(tx)
+	}
+	tx = hooksLast(tx)
+	if s, ok := p.conn.(stager); ok && own.unwatched {
+		staged, err := s.ApplyStaged(tx)
+		if staged || err != nil {
+			return err
+		}
+	}
+	return p.conn.Apply(tx)
 }
 
 // syncFamily adds one family's operations to tx and returns the family's state as it will be
