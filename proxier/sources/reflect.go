@@ -33,7 +33,10 @@ type eventStore[T runtime.Object] struct {
 	kind   stubKind[T]
 	mu     sync.Mutex
 	known  map[string]objectStub
-	synced atomic.Bool
+	// streamed are the keys a streamed list (stream.go) delivered since it began; the
+	// reflector's Replace, which then receives no items, completes that list.
+	streamed map[string]bool
+	synced   atomic.Bool
 }
 
 // objectStub is what an eventStore keeps of an object besides its key.
@@ -101,10 +104,48 @@ func (s *eventStore[T]) Delete(obj any) error {
 	return nil
 }
 
-// Replace implements cache.ReflectorStore: the objects of a (re)list. Known objects missing
-// from it are deleted, the others added or updated; the store is synced afterwards.
+// beginStreamedList implements listSink: a list starts whose items come through listedItem.
+func (s *eventStore[T]) beginStreamedList() {
+	s.mu.Lock()
+	s.streamed = map[string]bool{}
+	s.mu.Unlock()
+}
+
+// abandonStreamedList implements listSink: the list failed; the objects it delivered stay
+// known (and are updated or deleted by the next list).
+func (s *eventStore[T]) abandonStreamedList() {
+	s.mu.Lock()
+	s.streamed = nil
+	s.mu.Unlock()
+}
+
+// listedItem implements listSink: it delivers one item of a streamed list.
+func (s *eventStore[T]) listedItem(obj T) error {
+	key, err := cache.MetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return fmt.Errorf("%s store: %w", s.events.kind, err)
+	}
+	s.mu.Lock()
+	if s.streamed == nil {
+		s.streamed = map[string]bool{}
+	}
+	s.streamed[key] = true
+	s.mu.Unlock()
+	s.deliver(obj, key)
+	return nil
+}
+
+// Replace implements cache.ReflectorStore: the objects of a (re)list, together with those a
+// streamed list delivered before. Known objects missing from both are deleted, the listed ones
+// added or updated; the store is synced afterwards.
 func (s *eventStore[T]) Replace(list []any, _ string) error {
-	listed := make(map[string]bool, len(list))
+	s.mu.Lock()
+	listed := s.streamed
+	s.streamed = nil
+	s.mu.Unlock()
+	if listed == nil {
+		listed = make(map[string]bool, len(list))
+	}
 	for i, obj := range list {
 		typed, key, err := s.keyed(obj)
 		if err != nil {
@@ -200,9 +241,12 @@ func reflectServices(ctx context.Context, wg *sync.WaitGroup, client kubernetes.
 	store := newEventStore(events, serviceStubs)
 	lw := listWatch(client, func(o *metav1.ListOptions) {
 		o.LabelSelector, o.FieldSelector = serviceLabelSelector(), serviceFieldSelector()
-	}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-		return client.CoreV1().Services("").List(ctx, o)
-	}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	}, streamedOr(client.CoreV1().RESTClient(), "services", store,
+		func() *v1.Service { return &v1.Service{} },
+		func(m metav1.ListMeta) runtime.Object { return &v1.ServiceList{ListMeta: m} },
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.CoreV1().Services("").List(ctx, o)
+		}), func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 		return client.CoreV1().Services("").Watch(ctx, o)
 	})
 	runReflector(ctx, wg, lw, &v1.Service{}, store, "Service")
@@ -215,9 +259,12 @@ func reflectEndpointSlices(ctx context.Context, wg *sync.WaitGroup, client kuber
 	store := newEventStore(events, endpointSliceStubs)
 	lw := listWatch(client, func(o *metav1.ListOptions) {
 		o.LabelSelector = endpointSliceLabelSelector()
-	}, func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-		return client.DiscoveryV1().EndpointSlices("").List(ctx, o)
-	}, func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+	}, streamedOr(client.DiscoveryV1().RESTClient(), "endpointslices", store,
+		func() *discovery.EndpointSlice { return &discovery.EndpointSlice{} },
+		func(m metav1.ListMeta) runtime.Object { return &discovery.EndpointSliceList{ListMeta: m} },
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return client.DiscoveryV1().EndpointSlices("").List(ctx, o)
+		}), func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 		return client.DiscoveryV1().EndpointSlices("").Watch(ctx, o)
 	})
 	runReflector(ctx, wg, lw, &discovery.EndpointSlice{}, store, "EndpointSlice")
