@@ -1,8 +1,10 @@
 package endpoints
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"unique"
 
@@ -245,48 +247,106 @@ func (e sliceEndpoint) equal(other sliceEndpoint) bool {
 	return slices.Equal(e.hints.Zones, other.hints.Zones) && slices.Equal(e.hints.Nodes, other.hints.Nodes)
 }
 
+// PortEndpoints are the endpoints of one service port.
+type PortEndpoints struct {
+	// Name is the service port (port name and protocol).
+	Name ServicePortName
+	// Endpoints are sorted by String().
+	Endpoints []Endpoint
+}
+
 // EndpointsFor merges every slice of svc into one endpoint list per service port (port name and
 // protocol), each sorted by String(). An ip:port present in several slices (or twice in one)
 // appears once: a later non-terminating entry replaces an earlier one, a terminating one never
 // does. It returns nil for unknown services. The returned hint slices are shared with the cache
 // and must not be modified.
 func (c *SliceCache) EndpointsFor(svc types.NamespacedName) map[ServicePortName][]Endpoint {
+	lists := c.PortEndpointsFor(svc)
+	if lists == nil {
+		return nil
+	}
+	out := make(map[ServicePortName][]Endpoint, len(lists))
+	for _, l := range lists {
+		out[l.Name] = l.Endpoints
+	}
+	return out
+}
+
+// PortEndpointsFor is EndpointsFor as a list sorted by port name and protocol: the compact form
+// the tracker keeps (a map per Service cost more than its endpoints at 10,000 Services).
+func (c *SliceCache) PortEndpointsFor(svc types.NamespacedName) []PortEndpoints {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	stored := c.services[svc]
 	if len(stored) == 0 {
 		return nil
 	}
-	// Sized exactly: the tracker keeps these lists (100,000 endpoints at 10,000 Services x 10,
-	// where append's spare capacity was half of the tracker's memory).
-	sizes := make(map[ServicePortName]int, len(stored[0].ports))
-	for _, slice := range stored {
-		for _, port := range slice.ports {
-			sizes[ServicePortName{NamespacedName: svc, Port: port.name, Protocol: port.protocol}] += len(slice.endpoints)
-		}
-	}
-	out := make(map[ServicePortName][]Endpoint, len(sizes))
+	var out []PortEndpoints
 	for _, slice := range stored {
 		for _, port := range slice.ports {
 			name := ServicePortName{NamespacedName: svc, Port: port.name, Protocol: port.protocol}
-			eps := out[name]
-			if eps == nil {
-				eps = make([]Endpoint, 0, sizes[name])
+			if !slices.ContainsFunc(out, func(l PortEndpoints) bool { return l.Name == name }) {
+				out = append(out, PortEndpoints{Name: name})
 			}
+		}
+	}
+	for i := range out {
+		out[i].Endpoints = mergedEndpoints(stored, out[i].Name)
+	}
+	out = slices.DeleteFunc(out, func(l PortEndpoints) bool { return len(l.Endpoints) == 0 })
+	if len(out) == 0 {
+		return nil
+	}
+	slices.SortFunc(out, func(a, b PortEndpoints) int { return CompareNames(a.Name, b.Name) })
+	return slices.Clip(out)
+}
+
+// mergedEndpoints returns the deduplicated, sorted endpoints of one port over every slice, in
+// storage sized exactly (the tracker keeps these lists: append's spare capacity was once half
+// of its memory).
+func mergedEndpoints(stored []*cachedSlice, name ServicePortName) []Endpoint {
+	size := 0
+	for _, slice := range stored {
+		if _, ok := slice.port(name); ok {
+			size += len(slice.endpoints)
+		}
+	}
+	if size == 0 {
+		return nil
+	}
+	eps := make([]Endpoint, 0, size)
+	for _, slice := range stored {
+		if number, ok := slice.port(name); ok {
 			for _, ep := range slice.endpoints {
-				eps = append(eps, ep.toEndpoint(port.port))
+				eps = append(eps, ep.toEndpoint(number))
 			}
-			out[name] = eps
 		}
 	}
-	for name, eps := range out {
-		if len(eps) == 0 {
-			delete(out, name)
-			continue
-		}
-		out[name] = dedupSorted(eps)
+	eps = dedupSorted(eps)
+	if len(eps) < cap(eps)/2 {
+		eps = slices.Clone(eps)
 	}
-	return out
+	return eps
+}
+
+// port returns the number of the slice's port with name's port name and protocol.
+func (s *cachedSlice) port(name ServicePortName) (int32, bool) {
+	for _, p := range s.ports {
+		if p.name == name.Port && p.protocol == name.Protocol {
+			return p.port, true
+		}
+	}
+	return 0, false
+}
+
+// CompareNames orders service port names by namespace, name, port name and protocol.
+func CompareNames(a, b ServicePortName) int {
+	return cmp.Or(
+		strings.Compare(a.Namespace, b.Namespace),
+		strings.Compare(a.Name, b.Name),
+		strings.Compare(a.Port, b.Port),
+		strings.Compare(string(a.Protocol), string(b.Protocol)),
+	)
 }
 
 // toEndpoint expands a cached endpoint for one port.

@@ -373,3 +373,24 @@ func TestSliceCacheConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+func TestPortEndpointsForIsSortedByPortAndSizedExactly(t *testing.T) {
+	c := NewSliceCache(v1.IPv4Protocol, cacheNode)
+	ports := []discovery.EndpointPort{slicePortOf("metrics", v1.ProtocolTCP, 9090), slicePortOf("dns", v1.ProtocolUDP, 53),
+		slicePortOf("dns", v1.ProtocolTCP, 53)}
+	mustUpdate(t, c, makeSlice("foo-1", "foo", discovery.AddressTypeIPv4, ports,
+		sliceEP("10.0.0.9", cacheNode), sliceEP("10.0.0.9", cacheNode), sliceEP("10.0.0.1", "node-b")), false, svcFoo, true)
+	mustUpdate(t, c, makeSlice("foo-2", "foo", discovery.AddressTypeIPv4, ports[:1], sliceEP("10.0.0.5", "node-b")), false, svcFoo, true)
+
+	var got []string
+	for _, l := range c.PortEndpointsFor(svcFoo) {
+		got = append(got, fmt.Sprintf("%s/%s=%d", l.Name.Port, l.Name.Protocol, len(l.Endpoints)))
+		if cap(l.Endpoints) > 2*len(l.Endpoints) {
+			t.Errorf("%s: %d endpoints in storage for %d", l.Name, cap(l.Endpoints), len(l.Endpoints))
+		}
+	}
+	want := []string{"dns/TCP=2", "dns/UDP=2", "metrics/TCP=3"}
+	if !slices.Equal(got, want) {
+		t.Errorf("PortEndpointsFor = %v, want %v", got, want)
+	}
+}

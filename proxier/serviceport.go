@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -81,6 +82,20 @@ func ShouldSkipService(svc *v1.Service) bool {
 // the Service is skipped or has no cluster IP of that family. Malformed fields (an unparsable IP,
 // an unknown protocol, a bad CIDR) are skipped with a log line, never a failure.
 func ServicePortsOf(svc *v1.Service, family v1.IPFamily) map[endpoints.ServicePortName]*ServicePort {
+	list := servicePortList(svc, family)
+	if list == nil {
+		return nil
+	}
+	ports := make(map[endpoints.ServicePortName]*ServicePort, len(list))
+	for _, p := range list {
+		ports[p.Name] = p
+	}
+	return ports
+}
+
+// servicePortList is ServicePortsOf as a list sorted by name; of two ports with one name (which
+// API validation forbids) the later one counts.
+func servicePortList(svc *v1.Service, family v1.IPFamily) []*ServicePort {
 	if ShouldSkipService(svc) {
 		return nil
 	}
@@ -90,7 +105,7 @@ func ServicePortsOf(svc *v1.Service, family v1.IPFamily) map[endpoints.ServicePo
 	}
 	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	shared := sharedFields(svc, family)
-	ports := make(map[endpoints.ServicePortName]*ServicePort, len(svc.Spec.Ports))
+	ports := make([]*ServicePort, 0, len(svc.Spec.Ports))
 	for i := range svc.Spec.Ports {
 		sp := &svc.Spec.Ports[i]
 		if !KnownProtocol(sp.Protocol) || sp.Port <= 0 || sp.Port > 65535 {
@@ -107,9 +122,25 @@ func ServicePortsOf(svc *v1.Service, family v1.IPFamily) map[endpoints.ServicePo
 			p.ExternalPolicyLocal = false
 			p.HealthCheckNodePort = 0
 		}
-		ports[p.Name] = &p
+		ports = append(ports, &p)
 	}
-	return ports
+	return sortedUnique(ports)
+}
+
+// sortedUnique sorts ports by name, keeping the last of ports sharing a name.
+func sortedUnique(ports []*ServicePort) []*ServicePort {
+	slices.SortStableFunc(ports, func(a, b *ServicePort) int { return endpoints.CompareNames(a.Name, b.Name) })
+	out := ports[:0]
+	for i, p := range ports {
+		if i+1 < len(ports) && ports[i+1].Name == p.Name {
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return slices.Clip(out)
 }
 
 // KnownProtocol reports whether the proxy programs rules for the protocol.

@@ -32,9 +32,10 @@ type Tracker struct {
 	start  time.Time
 
 	mu sync.Mutex
-	// pendingServices holds the latest object of each Service changed since the last Checkout
-	// (nil: deleted).
-	pendingServices map[types.NamespacedName]*v1.Service
+	// pendingServices holds the ports of each Service changed since the last Checkout, sorted
+	// by name (nil: deleted or without ports). The Service objects themselves are not kept:
+	// before the first Checkout that would be every Service of the cluster, decoded.
+	pendingServices map[types.NamespacedName][]*ServicePort
 	// pendingEndpoints holds the Services whose slices changed since the last Checkout.
 	pendingEndpoints map[types.NamespacedName]struct{}
 	// triggerTimes holds, per Service, the oldest slice trigger time since the last Checkout.
@@ -46,10 +47,32 @@ type Tracker struct {
 	servicePortCount int
 }
 
-// appliedService is one Service's state as of the last Checkout.
+// appliedService is one Service's state as of the last Checkout: its ports and its endpoint
+// lists, each sorted by name. Lists, not maps: a Service has one or a few ports, and two small
+// maps per Service cost more than its endpoints at 10,000 Services.
 type appliedService struct {
-	ports     map[endpoints.ServicePortName]*ServicePort
-	endpoints map[endpoints.ServicePortName][]endpoints.Endpoint
+	ports     []*ServicePort
+	endpoints []endpoints.PortEndpoints
+}
+
+// port returns the applied port named name (nil if none).
+func (a *appliedService) port(name endpoints.ServicePortName) *ServicePort {
+	for _, p := range a.ports {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// endpointsOf returns the applied endpoints of the port named name.
+func (a *appliedService) endpointsOf(name endpoints.ServicePortName) []endpoints.Endpoint {
+	for _, l := range a.endpoints {
+		if l.Name == name {
+			return l.Endpoints
+		}
+	}
+	return nil
 }
 
 // ServicePortChange is one service port whose rules must change.
@@ -85,7 +108,7 @@ func NewTracker(family v1.IPFamily, nodeName string) *Tracker {
 		family:           family,
 		slices:           endpoints.NewSliceCache(family, nodeName),
 		start:            time.Now(),
-		pendingServices:  map[types.NamespacedName]*v1.Service{},
+		pendingServices:  map[types.NamespacedName][]*ServicePort{},
 		pendingEndpoints: map[types.NamespacedName]struct{}{},
 		triggerTimes:     map[types.NamespacedName]time.Time{},
 		applied:          map[types.NamespacedName]*appliedService{},
@@ -106,17 +129,17 @@ func (t *Tracker) UpdateService(previous, current *v1.Service) bool {
 		return t.Pending()
 	}
 	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-	ports := ServicePortsOf(current, t.family)
+	ports := servicePortList(current, t.family)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var appliedPorts map[endpoints.ServicePortName]*ServicePort
+	var appliedPorts []*ServicePort
 	if a := t.applied[nn]; a != nil {
 		appliedPorts = a.ports
 	}
 	if samePorts(appliedPorts, ports) {
 		delete(t.pendingServices, nn) // net no-op since the last Checkout
 	} else {
-		t.pendingServices[nn] = current
+		t.pendingServices[nn] = ports
 	}
 	return len(t.pendingServices) > 0 || len(t.pendingEndpoints) > 0
 }
@@ -194,23 +217,23 @@ func (t *Tracker) checkoutService(nn types.NamespacedName, changes []ServicePort
 		old = &appliedService{}
 	}
 	next := &appliedService{ports: old.ports, endpoints: old.endpoints}
-	if svc, ok := t.pendingServices[nn]; ok {
-		next.ports = ServicePortsOf(svc, t.family)
+	if ports, ok := t.pendingServices[nn]; ok {
+		next.ports = ports
 	}
 	if _, ok := t.pendingEndpoints[nn]; ok {
-		next.endpoints = t.slices.EndpointsFor(nn)
+		next.endpoints = t.slices.PortEndpointsFor(nn)
 	}
-	for name, cur := range next.ports {
-		prev := old.ports[name]
-		eps := next.endpoints[name]
-		prevEps := old.endpoints[name]
+	for _, cur := range next.ports {
+		prev := old.port(cur.Name)
+		eps := next.endpointsOf(cur.Name)
+		prevEps := old.endpointsOf(cur.Name)
 		if prev == nil || !reflect.DeepEqual(prev, cur) || !slices.EqualFunc(prevEps, eps, sameEndpoint) {
-			changes = append(changes, ServicePortChange{Name: name, Previous: prev, Current: cur, PreviousEndpoints: prevEps, Endpoints: eps})
+			changes = append(changes, ServicePortChange{Name: cur.Name, Previous: prev, Current: cur, PreviousEndpoints: prevEps, Endpoints: eps})
 		}
 	}
-	for name, prev := range old.ports {
-		if _, ok := next.ports[name]; !ok {
-			changes = append(changes, ServicePortChange{Name: name, Previous: prev, PreviousEndpoints: old.endpoints[name]})
+	for _, prev := range old.ports {
+		if next.port(prev.Name) == nil {
+			changes = append(changes, ServicePortChange{Name: prev.Name, Previous: prev, PreviousEndpoints: old.endpointsOf(prev.Name)})
 		}
 	}
 	t.servicePortCount += len(next.ports) - len(old.ports)
@@ -228,8 +251,8 @@ func (t *Tracker) ForEach(fn func(port *ServicePort, eps []endpoints.Endpoint)) 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, a := range t.applied {
-		for name, p := range a.ports {
-			fn(p, a.endpoints[name])
+		for _, p := range a.ports {
+			fn(p, a.endpointsOf(p.Name))
 		}
 	}
 }
@@ -241,32 +264,13 @@ func (t *Tracker) ServicePortCount() int {
 	return t.servicePortCount
 }
 
-// samePorts reports whether two port sets would program the same rules.
-func samePorts(a, b map[endpoints.ServicePortName]*ServicePort) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for name, p := range a {
-		q, ok := b[name]
-		if !ok || !reflect.DeepEqual(p, q) {
-			return false
-		}
-	}
-	return true
+// samePorts reports whether two port lists (sorted by name) would program the same rules.
+func samePorts(a, b []*ServicePort) bool {
+	return slices.EqualFunc(a, b, func(p, q *ServicePort) bool { return reflect.DeepEqual(p, q) })
 }
 
 // sameEndpoint compares two endpoints field by field.
 func sameEndpoint(a, b endpoints.Endpoint) bool { return reflect.DeepEqual(a, b) }
 
 // compareNames orders service port names by namespace, name, port, protocol.
-func compareNames(a, b endpoints.ServicePortName) int {
-	for _, c := range [][2]string{{a.Namespace, b.Namespace}, {a.Name, b.Name}, {a.Port, b.Port}, {string(a.Protocol), string(b.Protocol)}} {
-		if c[0] != c[1] {
-			if c[0] < c[1] {
-				return -1
-			}
-			return 1
-		}
-	}
-	return 0
-}
+func compareNames(a, b endpoints.ServicePortName) int { return endpoints.CompareNames(a, b) }
