@@ -90,10 +90,16 @@ func getOnce(addr, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// TestKubeadmConfigStarts runs the real binary with the kubeadm-written configuration (mode
-// iptables) inside a throwaway network namespace, fed by the file source, and checks that it
-// serves /healthz and /metrics there and programs the Service into KUBE-SERVICES.
-func TestKubeadmConfigStarts(t *testing.T) {
+// proxyNode is a throwaway network namespace with the proxy binary and a file-source world.
+type proxyNode struct {
+	name, bin, world string
+	ns               netns.NsHandle
+}
+
+// newProxyNode builds the binary, writes the world and creates the namespace (all removed at
+// the end of the test); it skips without root or iptables.
+func newProxyNode(t *testing.T) *proxyNode {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: runs the proxy in its own network namespace")
 	}
@@ -101,55 +107,99 @@ func TestKubeadmConfigStarts(t *testing.T) {
 		t.Skip("iptables-restore is not installed (make test installs it)")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "proxy")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	n := &proxyNode{bin: filepath.Join(dir, "proxy"), world: filepath.Join(dir, "world")}
+	if out, err := exec.Command("go", "build", "-o", n.bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("building proxy: %v\n%s", err, out)
 	}
-	world := filepath.Join(dir, "world")
-	if err := os.MkdirAll(world, 0o755); err != nil {
+	if err := os.MkdirAll(n.world, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(world, "web.yaml"), []byte(kubeadmWorld), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(n.world, "web.yaml"), []byte(kubeadmWorld), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("np-kubeadm-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+	n.name = fmt.Sprintf("np-main-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", name).Run() })
-	_ = exec.Command("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up").Run()
-	ns, err := netns.GetFromName(name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", n.name).Run() })
+	_ = exec.Command("ip", "netns", "exec", n.name, "ip", "link", "set", "lo", "up").Run()
+	ns, err := netns.GetFromName(n.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
+	t.Cleanup(func() { ns.Close() })
+	n.ns = ns
+	return n
+}
 
+// start runs the proxy in the namespace with args; stop ends it and waits.
+func (n *proxyNode) start(t *testing.T, args ...string) (logs *bytes.Buffer, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs bytes.Buffer
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", name, bin,
-		"--config="+filepath.Join("app", "testdata", "kubeadm-kube-proxy.yaml"),
-		"--source=file:"+world, "--hostname-override=node-a")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs = &bytes.Buffer{}
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, n.bin}, args...)...)
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	stop = func() { cancel(); _ = cmd.Wait() }
+	t.Cleanup(stop)
+	return logs, stop
+}
 
-	if code, body := getInNetns(t, ns, "127.0.0.1:10256", "/healthz"); code != 200 || !strings.Contains(body, `"healthy":true`) {
-		t.Fatalf("/healthz = %d %q, want 200 healthy; proxy log:\n%s", code, body, logs.String())
-	}
-	if code, body := getInNetns(t, ns, "127.0.0.1:10249", "/metrics"); code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_endpoint_changes_total") {
-		t.Fatalf("/metrics = %d, want 200 with kube-proxy metrics; proxy log:\n%s", code, logs.String())
-	}
-	var save string
+// output runs a command in the namespace, retrying for up to ~10 s until ok accepts its output.
+func (n *proxyNode) output(ok func(string) bool, command ...string) string {
+	var out string
 	for range 50 {
-		out, _ := exec.Command("ip", "netns", "exec", name, "iptables-save", "-t", "nat").CombinedOutput()
-		if save = string(out); strings.Contains(save, "10.96.0.10/32") {
+		b, _ := exec.Command("ip", append([]string{"netns", "exec", n.name}, command...)...).CombinedOutput()
+		if out = string(b); ok(out) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	return out
+}
+
+// TestKubeadmConfigStarts runs the real binary with the kubeadm-written configuration (mode
+// iptables) inside a throwaway network namespace, fed by the file source, and checks that it
+// serves /healthz and /metrics there and programs the Service into KUBE-SERVICES.
+func TestKubeadmConfigStarts(t *testing.T) {
+	n := newProxyNode(t)
+	logs, _ := n.start(t, "--config="+filepath.Join("app", "testdata", "kubeadm-kube-proxy.yaml"),
+		"--source=file:"+n.world, "--hostname-override=node-a")
+	if code, body := getInNetns(t, n.ns, "127.0.0.1:10256", "/healthz"); code != 200 || !strings.Contains(body, `"healthy":true`) {
+		t.Fatalf("/healthz = %d %q, want 200 healthy; proxy log:\n%s", code, body, logs.String())
+	}
+	if code, body := getInNetns(t, n.ns, "127.0.0.1:10249", "/metrics"); code != 200 || !strings.Contains(body, "kubeproxy_sync_proxy_rules_endpoint_changes_total") {
+		t.Fatalf("/metrics = %d, want 200 with kube-proxy metrics; proxy log:\n%s", code, logs.String())
+	}
+	save := n.output(func(s string) bool { return strings.Contains(s, "10.96.0.10/32") }, "iptables-save", "-t", "nat")
 	if !strings.Contains(save, "-A KUBE-SERVICES") || !strings.Contains(save, "10.96.0.10/32") || !strings.Contains(save, "10.244.1.2:8080") {
 		t.Fatalf("the Service is not programmed; iptables-save -t nat:\n%s\nproxy log:\n%s", save, logs.String())
+	}
+}
+
+// TestNFTablesModeTakesOverAnIPTablesNode: a proxy in nftables mode started where one in
+// iptables mode ran programs its table and then removes the KUBE-* chains the other left.
+func TestNFTablesModeTakesOverAnIPTablesNode(t *testing.T) {
+	n := newProxyNode(t)
+	logs, stop := n.start(t, "--proxy-mode=iptables", "--source=file:"+n.world, "--hostname-override=node-a",
+		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249")
+	hasKube := func(s string) bool { return strings.Contains(s, "KUBE-SERVICES") }
+	if save := n.output(hasKube, "iptables-save", "-t", "nat"); !hasKube(save) {
+		t.Fatalf("iptables mode did not program KUBE-SERVICES:\n%s\nproxy log:\n%s", save, logs.String())
+	}
+	stop()
+	logs, _ = n.start(t, "--proxy-mode=nftables", "--source=file:"+n.world, "--hostname-override=node-a",
+		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249")
+	if code, body := getInNetns(t, n.ns, "127.0.0.1:10256", "/healthz"); code != 200 || !strings.Contains(body, `"healthy":true`) {
+		t.Fatalf("/healthz = %d %q, want 200 healthy; proxy log:\n%s", code, body, logs.String())
+	}
+	if save := n.output(func(s string) bool { return !hasKube(s) }, "iptables-save"); hasKube(save) {
+		t.Fatalf("the iptables-mode chains are still there after nftables mode synced:\n%s\nproxy log:\n%s", save, logs.String())
+	}
+	cmd := exec.Command("ip", "netns", "exec", n.name, "nft", "list", "table", "ip", "nodeproxy")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "10.96.0.10") {
+		t.Fatalf("nft list table ip nodeproxy: %v\n%s", err, out)
 	}
 }

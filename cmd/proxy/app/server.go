@@ -54,7 +54,6 @@ func Run(ctx context.Context, cfg *Config) error {
 	if !ok {
 		return fmt.Errorf("proxy mode %q is not available in this build", cfg.Mode)
 	}
-	cleanupOtherModes(cfg.Mode)
 	backend, stop, err := factory(ctx, env)
 	if err != nil {
 		return fmt.Errorf("starting the %s backend: %w", cfg.Mode, err)
@@ -80,6 +79,7 @@ func serve(ctx context.Context, cfg *Config, env *modeEnv, client kubernetes.Int
 			proxier.NewMetricsObserver(env.Metrics),
 			proxier.NewServiceHealthObserver(svcHealth),
 			proxier.NewConntrackObserver(conntrack.NewCleaner(nil), env.Metrics),
+			proxier.NewFirstSyncHook(func() { cleanupOtherModes(cfg.Mode) }),
 		},
 	}, backend)
 	if err != nil {
@@ -118,7 +118,9 @@ func serve(ctx context.Context, cfg *Config, env *modeEnv, client kubernetes.Int
 }
 
 // cleanupOtherModes removes what the other modes (and upstream kube-proxy's other modes) may
-// have left on the node, as upstream does when it starts. Failures are logged: they must not
+// have left on the node, as upstream does when it starts; nodeproxy does it after its first
+// successful sync (proxier.FirstSyncHook), so that a node taken over from another mode is never
+// without rules, and the first sync does not wait for it. Failures are logged: they must not
 // keep the chosen mode from running. A variable so that hermetic tests can replace it.
 var cleanupOtherModes = func(mode v1alpha1.ProxyMode) {
 	for m, clean := range cleanups {
