@@ -219,11 +219,14 @@ var endpointSliceStubs = stubKind[*discovery.EndpointSlice]{
 	},
 }
 
-// listWatch is a ListerWatcher of one resource with the list options tweaked.
-func listWatch(client kubernetes.Interface, tweak func(*metav1.ListOptions),
+// listWatch is a ListerWatcher of one resource with the list options tweaked. It declines
+// client-go's watch-list mode (an initial list streamed as watch events), in which the reflector
+// gathers every object in a temporary store before handing them over: the streamed list
+// (stream.go) delivers each object as it is decoded and keeps none.
+func listWatch(tweak func(*metav1.ListOptions),
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
-	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+	return listOnly{&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			tweak(&opts)
 			return list(ctx, opts)
@@ -232,14 +235,20 @@ func listWatch(client kubernetes.Interface, tweak func(*metav1.ListOptions),
 			tweak(&opts)
 			return watchFn(ctx, opts)
 		},
-	}, client)
+	}}
 }
+
+// listOnly is a ListWatch that tells the reflector not to use watch-list semantics.
+type listOnly struct{ *cache.ListWatch }
+
+// IsWatchListSemanticsUnSupported is what client-go's reflector asks before a watch-list.
+func (listOnly) IsWatchListSemanticsUnSupported() bool { return true }
 
 // reflectServices starts a reflector delivering Services to events; it runs until ctx is done
 // (wg tracks it).
 func reflectServices(ctx context.Context, wg *sync.WaitGroup, client kubernetes.Interface, events kindEvents[*v1.Service]) *eventStore[*v1.Service] {
 	store := newEventStore(events, serviceStubs)
-	lw := listWatch(client, func(o *metav1.ListOptions) {
+	lw := listWatch(func(o *metav1.ListOptions) {
 		o.LabelSelector, o.FieldSelector = serviceLabelSelector(), serviceFieldSelector()
 	}, streamedOr(client.CoreV1().RESTClient(), "services", store,
 		func() *v1.Service { return &v1.Service{} },
@@ -257,7 +266,7 @@ func reflectServices(ctx context.Context, wg *sync.WaitGroup, client kubernetes.
 // ctx is done (wg tracks it).
 func reflectEndpointSlices(ctx context.Context, wg *sync.WaitGroup, client kubernetes.Interface, events kindEvents[*discovery.EndpointSlice]) *eventStore[*discovery.EndpointSlice] {
 	store := newEventStore(events, endpointSliceStubs)
-	lw := listWatch(client, func(o *metav1.ListOptions) {
+	lw := listWatch(func(o *metav1.ListOptions) {
 		o.LabelSelector = endpointSliceLabelSelector()
 	}, streamedOr(client.DiscoveryV1().RESTClient(), "endpointslices", store,
 		func() *discovery.EndpointSlice { return &discovery.EndpointSlice{} },

@@ -4,6 +4,10 @@ import (
 	"slices"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/watchlist"
+
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 )
@@ -67,5 +71,15 @@ func TestEventStoreLeavingTheSelectionIsADelete(t *testing.T) {
 	want := []string{"add Service default/web", "delete Service default/web", "add Service default/web"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("events = %v, want %v", got, want)
+	}
+}
+
+func TestReflectorsDeclineWatchList(t *testing.T) {
+	lw := listWatch(func(*metav1.ListOptions) {}, nil, nil)
+	if !watchlist.DoesClientNotSupportWatchListSemantics(lw) {
+		t.Errorf("the reflectors' ListerWatcher accepts watch-list, which gathers every object before delivering any")
+	}
+	if _, ok := lw.(cache.ListerWatcherWithContext); !ok {
+		t.Errorf("the ListerWatcher lost its context-aware methods")
 	}
 }

@@ -87,6 +87,9 @@ func restClient(rc rest.Interface) *rest.RESTClient {
 func (l *streamedList[T]) list(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 	body, err := l.client.Get().Resource(l.resource).VersionedParams(&opts, scheme.ParameterCodec).Stream(ctx)
 	if err != nil {
+		if opts.Continue != "" {
+			l.sink.abandonStreamedList() // a later page failed: the list is incomplete
+		}
 		return nil, err // an API status error, as the reflector expects it (Expired, Gone, ...)
 	}
 	defer func() { _ = body.Close() }()
