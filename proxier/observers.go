@@ -2,7 +2,6 @@ package proxier
 
 import (
 	"net/netip"
-	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -180,37 +179,3 @@ func (o *ServiceHealthObserver) apply(key familyPort, ch ServicePortChange) bool
 	o.localReady[key] = ready
 	return true
 }
-
-// FirstSyncHook runs a function once, in a goroutine of its own, after the first successful
-// sync. The proxy removes the other modes' rules this way: once its own rules are in place, so
-// that a node taken over from another mode never has neither, and not on the path to the
-// first sync.
-type FirstSyncHook struct {
-	once sync.Once
-	fn   func()
-	done chan struct{}
-}
-
-// NewFirstSyncHook returns a hook that will run fn.
-func NewFirstSyncHook(fn func()) *FirstSyncHook {
-	return &FirstSyncHook{fn: fn, done: make(chan struct{})}
-}
-
-// Event implements SyncObserver.
-func (h *FirstSyncHook) Event(v1.IPFamily, string, int, int) {}
-
-// Synced implements SyncObserver: the first successful sync starts fn.
-func (h *FirstSyncHook) Synced(_ *SyncRequest, _ time.Duration, err error) {
-	if err != nil {
-		return
-	}
-	h.once.Do(func() {
-		go func() {
-			defer close(h.done)
-			h.fn()
-		}()
-	})
-}
-
-// Done is closed once fn has returned.
-func (h *FirstSyncHook) Done() <-chan struct{} { return h.done }

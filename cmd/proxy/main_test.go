@@ -180,7 +180,7 @@ func TestKubeadmConfigStarts(t *testing.T) {
 }
 
 // TestNFTablesModeTakesOverAnIPTablesNode: a proxy in nftables mode started where one in
-// iptables mode ran programs its table and then removes the KUBE-* chains the other left.
+// iptables mode ran removes the KUBE-* chains the other left and programs its table.
 func TestNFTablesModeTakesOverAnIPTablesNode(t *testing.T) {
 	n := newProxyNode(t)
 	logs, stop := n.start(t, "--proxy-mode=iptables", "--source=file:"+n.world, "--hostname-override=node-a",
@@ -198,8 +198,8 @@ func TestNFTablesModeTakesOverAnIPTablesNode(t *testing.T) {
 	if save := n.output(func(s string) bool { return !hasKube(s) }, "iptables-save"); hasKube(save) {
 		t.Fatalf("the iptables-mode chains are still there after nftables mode synced:\n%s\nproxy log:\n%s", save, logs.String())
 	}
-	cmd := exec.Command("ip", "netns", "exec", n.name, "nft", "list", "table", "ip", "nodeproxy")
-	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "10.96.0.10") {
-		t.Fatalf("nft list table ip nodeproxy: %v\n%s", err, out)
+	hasService := func(s string) bool { return strings.Contains(s, "10.96.0.10") }
+	if out := n.output(hasService, "nft", "list", "table", "ip", "nodeproxy"); !hasService(out) {
+		t.Fatalf("nft list table ip nodeproxy does not hold the Service:\n%s\nproxy log:\n%s", out, logs.String())
 	}
 }

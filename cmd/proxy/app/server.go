@@ -59,7 +59,38 @@ func Run(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("starting the %s backend: %w", cfg.Mode, err)
 	}
 	defer stop()
-	return serve(ctx, cfg, env, client, backend)
+	return serve(ctx, cfg, env, client, afterCleanup(backend, cfg.Mode))
+}
+
+// afterCleanup starts removing the other modes' rules (cleanupOtherModes) in the background
+// and returns backend behind a gate that holds its first sync until that is done: the
+// cleanup's iptables-save runs overlap the Service and EndpointSlice lists instead of
+// delaying them, and no commit of the cleanup lands after the backend's first one (the
+// nftables drift monitor would take a foreign commit between its first sync and its start
+// for drift and rebuild the tables).
+func afterCleanup(backend proxier.Backend, mode v1alpha1.ProxyMode) proxier.Backend {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cleanupOtherModes(mode)
+	}()
+	return &cleanupGate{Backend: backend, cleaned: done}
+}
+
+// cleanupGate is a Backend whose syncs wait until cleaned is closed.
+type cleanupGate struct {
+	proxier.Backend
+	cleaned <-chan struct{}
+}
+
+// Sync implements proxier.Backend.
+func (g *cleanupGate) Sync(ctx context.Context, req *proxier.SyncRequest) error {
+	select {
+	case <-g.cleaned:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the other modes' rules to be removed: %w", context.Cause(ctx))
+	}
+	return g.Backend.Sync(ctx, req)
 }
 
 // serve wires the Core, its observers, the servers and the event source, and blocks.
@@ -79,7 +110,6 @@ func serve(ctx context.Context, cfg *Config, env *modeEnv, client kubernetes.Int
 			proxier.NewMetricsObserver(env.Metrics),
 			proxier.NewServiceHealthObserver(svcHealth),
 			proxier.NewConntrackObserver(conntrack.NewCleaner(nil), env.Metrics),
-			proxier.NewFirstSyncHook(func() { cleanupOtherModes(cfg.Mode) }),
 		},
 	}, backend)
 	if err != nil {
@@ -118,10 +148,8 @@ func serve(ctx context.Context, cfg *Config, env *modeEnv, client kubernetes.Int
 }
 
 // cleanupOtherModes removes what the other modes (and upstream kube-proxy's other modes) may
-// have left on the node, as upstream does when it starts; nodeproxy does it after its first
-// successful sync (proxier.FirstSyncHook), so that a node taken over from another mode is never
-// without rules, and the first sync does not wait for it. Failures are logged: they must not
-// keep the chosen mode from running. A variable so that hermetic tests can replace it.
+// have left on the node, as upstream does when it starts (here while the lists load: see
+// afterCleanup). Failures are logged: they must not keep the chosen mode from running. A variable so that hermetic tests can replace it.
 var cleanupOtherModes = func(mode v1alpha1.ProxyMode) {
 	for m, clean := range cleanups {
 		if m == mode {

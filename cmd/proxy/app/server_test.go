@@ -163,3 +163,36 @@ func TestRunServesHealthMetricsAndHealthCheckNodePort(t *testing.T) {
 		t.Errorf("backend saw %d syncs with %d ports, want >0 syncs with 1 port", backend.syncs, backend.ports)
 	}
 }
+
+func TestTheFirstSyncWaitsForTheOtherModesCleanup(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan v1alpha1.ProxyMode, 1)
+	savedCleanup := cleanupOtherModes
+	cleanupOtherModes = func(mode v1alpha1.ProxyMode) { started <- mode; <-release }
+	defer func() { cleanupOtherModes = savedCleanup }()
+
+	backend := &recordingBackend{}
+	req := &proxier.SyncRequest{Trackers: []*proxier.Tracker{proxier.NewTracker("IPv4", "node-a")}}
+	gated := afterCleanup(backend, ModeNFTables)
+	if mode := <-started; mode != ModeNFTables {
+		t.Errorf("cleanup told mode %q, want nftables", mode)
+	}
+	synced := make(chan error, 1)
+	go func() { synced <- gated.Sync(context.Background(), req) }()
+	select {
+	case err := <-synced:
+		t.Fatalf("Sync returned (%v) while the cleanup was still running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-synced; err != nil || backend.syncs != 1 {
+		t.Fatalf("after the cleanup: Sync = %v with %d backend syncs, want nil and 1", err, backend.syncs)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	stuck := &cleanupGate{Backend: backend, cleaned: make(chan struct{})}
+	if err := stuck.Sync(ctx, req); err == nil {
+		t.Errorf("a cancelled Sync waiting for the cleanup returned nil")
+	}
+}
