@@ -1,9 +1,7 @@
 package nftables
 
 import (
-	"cmp"
 	"slices"
-	"strings"
 
 	"github.com/nodeproxy/nodeproxy/endpoints"
 )
@@ -135,7 +133,7 @@ func (s *familyState) setOwner(ref unitRef, owner *endpoints.ServicePortName, el
 	}
 	owners := append([]unitOwner{cur.first}, cur.more...)
 	i, found := slices.BinarySearchFunc(owners, owner, func(o unitOwner, n *endpoints.ServicePortName) int {
-		return compareNames(*o.name, *n)
+		return endpoints.CompareNames(*o.name, *n)
 	})
 	switch {
 	case elems == nil && found:
@@ -215,14 +213,4 @@ func flushUnit(have, want []setElem, ops *familyOps) {
 			ops.addElement(e.set, e.el)
 		}
 	}
-}
-
-// compareNames orders service port names by namespace, name, port and protocol.
-func compareNames(a, b endpoints.ServicePortName) int {
-	return cmp.Or(
-		strings.Compare(a.Namespace, b.Namespace),
-		strings.Compare(a.Name, b.Name),
-		strings.Compare(a.Port, b.Port),
-		strings.Compare(string(a.Protocol), string(b.Protocol)),
-	)
 }

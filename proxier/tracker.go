@@ -206,7 +206,7 @@ func (t *Tracker) Checkout() *Checkout {
 	clear(t.pendingServices)
 	clear(t.pendingEndpoints)
 	clear(t.triggerTimes)
-	slices.SortFunc(out.Changes, func(a, b ServicePortChange) int { return compareNames(a.Name, b.Name) })
+	slices.SortFunc(out.Changes, func(a, b ServicePortChange) int { return endpoints.CompareNames(a.Name, b.Name) })
 	return out
 }
 
@@ -271,6 +271,3 @@ func samePorts(a, b []*ServicePort) bool {
 
 // sameEndpoint compares two endpoints field by field.
 func sameEndpoint(a, b endpoints.Endpoint) bool { return reflect.DeepEqual(a, b) }
-
-// compareNames orders service port names by namespace, name, port, protocol.
-func compareNames(a, b endpoints.ServicePortName) int { return endpoints.CompareNames(a, b) }

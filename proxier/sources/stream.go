@@ -216,22 +216,22 @@ func (s *protoStream) consumed(n int64) {
 
 // varint reads one varint; io.EOF means the stream ended cleanly before it.
 func (s *protoStream) varint() (uint64, error) {
-	v, err := binary.ReadUvarint(s.in)
-	if err != nil {
-		return 0, err
+	var v uint64
+	for i := range binary.MaxVarintLen64 {
+		b, err := s.in.ReadByte()
+		if err != nil {
+			if i > 0 {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		s.consumed(1)
+		v |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			return v, nil
+		}
 	}
-	s.consumed(int64(varintLen(v)))
-	return v, nil
-}
-
-// varintLen is the encoded size of v.
-func varintLen(v uint64) int {
-	n := 1
-	for v >= 0x80 {
-		v >>= 7
-		n++
-	}
-	return n
+	return 0, errors.New("varint longer than 64 bits")
 }
 
 // tag reads a field tag.
