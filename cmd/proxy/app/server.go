@@ -149,7 +149,8 @@ func serve(ctx context.Context, cfg *Config, env *modeEnv, client kubernetes.Int
 
 // cleanupOtherModes removes what the other modes (and upstream kube-proxy's other modes) may
 // have left on the node, as upstream does when it starts (here while the lists load: see
-// afterCleanup). Failures are logged: they must not keep the chosen mode from running. A variable so that hermetic tests can replace it.
+// afterCleanup). Failures are logged: they must not keep the chosen mode from running. A
+// variable so that hermetic tests can replace it.
 var cleanupOtherModes = func(mode v1alpha1.ProxyMode) {
 	for m, clean := range cleanups {
 		if m == mode {
