@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -26,8 +27,10 @@ import (
 // protobufMagic prefixes every message of Kubernetes' protobuf encoding.
 var protobufMagic = []byte{0x6b, 0x38, 0x73, 0x00}
 
-// maxItemBytes bounds one list item; the API server refuses objects above 1.5 MiB anyway.
-const maxItemBytes = 64 << 20
+// maxItemBytes bounds one list item (the buffer it is read into); the API server refuses
+// objects above 1.5 MiB anyway. The list around the items is not bounded: it is never held.
+// A variable for tests.
+var maxItemBytes int64 = 64 << 20
 
 // protoItem is an API object that decodes itself from protobuf (every built-in type does).
 type protoItem interface {
@@ -249,7 +252,7 @@ func (s *protoStream) length() (int64, error) {
 	if err != nil {
 		return 0, unexpectedEOF(err)
 	}
-	if v > maxItemBytes || (s.left >= 0 && int64(v) > s.left) {
+	if v > math.MaxInt64/2 || (s.left >= 0 && int64(v) > s.left) {
 		return 0, fmt.Errorf("field of %d bytes does not fit its message", v)
 	}
 	return int64(v), nil
@@ -260,6 +263,9 @@ func (s *protoStream) message(buf []byte) ([]byte, error) {
 	n, err := s.length()
 	if err != nil {
 		return buf, err
+	}
+	if n > maxItemBytes {
+		return buf, fmt.Errorf("list item of %d bytes is over the %d-byte limit", n, maxItemBytes)
 	}
 	if int64(cap(buf)) < n {
 		buf = make([]byte, n, n+n/4)

@@ -217,3 +217,23 @@ func TestStreamedRelistDeletesWhatItDidNotDeliver(t *testing.T) {
 		t.Errorf("after an abandoned stream, events end %v, want b deleted", last[len(last)-2:])
 	}
 }
+
+func TestStreamedListBoundsItemsNotTheList(t *testing.T) {
+	list := serviceList(3, "5")
+	body := encodeList(t, list, runtime.ContentTypeProtobuf)
+	one, err := list.Items[0].Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := maxItemBytes
+	t.Cleanup(func() { maxItemBytes = old })
+	maxItemBytes = int64(len(one)) + 8 // every item fits, the list does not
+	lister, sink := serviceLister(t, serve(runtime.ContentTypeProtobuf, body))
+	if _, err := lister.list(context.Background(), metav1.ListOptions{}); err != nil || len(sink.items) != 3 {
+		t.Fatalf("a list larger than the item bound: err %v, %d items, want nil and 3", err, len(sink.items))
+	}
+	maxItemBytes = int64(len(one)) - 1
+	if _, err := lister.list(context.Background(), metav1.ListOptions{}); err == nil {
+		t.Errorf("an item over the bound was accepted")
+	}
+}
