@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 
 	"github.com/nodeproxy/nodeproxy/endpoints"
@@ -48,28 +49,29 @@ type unit struct {
 	elems []setElem
 }
 
-// portState is everything one service port puts into its family's table: its units, the
-// dynamic chains their elements lead to (with their dependencies) and the slot order of each
-// endpoint list, which the next build keeps stable.
+// ref returns the unit's identity.
+func (u *unit) ref() unitRef { return unitRef{kind: u.kind, key: u.key} }
+
+// portState is what one service port puts into its family's table, kept as the inputs its
+// elements are generated from rather than as the elements (a tenth of the memory at 10
+// endpoints): the port, the slot order of each endpoint list (which the next build keeps
+// stable), whether it has any usable endpoint and its local endpoints (hairpin). It also keeps
+// the units the elements form and the dynamic chains they lead to (with their dependencies).
+// A portState is never modified once built.
 type portState struct {
-	units  []unit
-	chains []chainID
-	slots  [numLists][]netip.AddrPort
+	sp      *proxier.ServicePort
+	hasAny  bool
+	slots   [numLists][]netip.AddrPort
+	hairpin []netip.AddrPort
+	units   []unitRef
+	chains  []chainID
 }
 
 // buildPort computes the desired state of one service port: a pure function of the port, its
 // endpoints, the node (for topology) and the port's previous state (for slot stability).
 func buildPort(fc *familyConfig, sp *proxier.ServicePort, eps []endpoints.Endpoint, node endpoints.Node, prev *portState) *portState {
 	choice := endpoints.Choose(usableEndpoints(fc.fam, eps), sp.Policy(), node)
-	b := &portBuilder{fc: fc, sp: sp, choice: choice, out: &portState{}, scratch: make(keyBuf, 0, 64)}
-	b.proto = protoNumber(sp.Protocol)
-	b.comment = truncate(sp.Name.String(), commentMax)
-	if sp.ClientIPAffinity {
-		b.timeout = sp.StickyMaxAgeSeconds
-		if b.timeout <= 0 {
-			b.timeout = defaultAffinitySeconds
-		}
-	}
+	ps := &portState{sp: sp, hasAny: choice.HasAny}
 	var prevSlots [numLists][]netip.AddrPort
 	if prev != nil {
 		prevSlots = prev.slots
@@ -78,35 +80,49 @@ func buildPort(fc *familyConfig, sp *proxier.ServicePort, eps []endpoints.Endpoi
 	if sp.InternalPolicyLocal {
 		internal = choice.Local
 	}
-	b.out.slots[listInternal] = assignSlots(prevSlots[listInternal], internal)
+	ps.slots[listInternal] = assignSlots(prevSlots[listInternal], internal)
 	if sp.ExternallyAccessible() {
-		b.out.slots[listCluster] = assignSlots(prevSlots[listCluster], choice.Cluster)
+		ps.slots[listCluster] = assignSlots(prevSlots[listCluster], choice.Cluster)
 		if sp.ExternalPolicyLocal {
-			b.out.slots[listLocal] = assignSlots(prevSlots[listLocal], choice.Local)
+			ps.slots[listLocal] = assignSlots(prevSlots[listLocal], choice.Local)
 		}
 	}
-	vips := b.externalVIPs()
-	b.out.units = make([]unit, 0, 3+len(vips)+len(choice.AllReachable))
-	b.clusterIP()
-	allowed := b.firewallRanges()
-	for _, vip := range vips {
-		key := b.vipKey(vip)
-		b.beginUnit(unitVIP, key, 3+len(allowed)+len(b.out.slots[listCluster])+len(b.out.slots[listLocal]))
-		b.external(kindVIP, key)
-		if len(allowed) > 0 && slices.Contains(sp.LoadBalancerVIPs, vip) {
-			b.add(setFirewallIPs, element{key: key, comment: b.comment})
-			for _, rng := range allowed {
-				b.add(setFirewallAllow, element{key: key + rng[0], keyEnd: key + rng[1]})
-			}
+	for _, ep := range choice.AllReachable {
+		if ap := ep.AddrPort(); ep.Local && !slices.Contains(ps.hairpin, ap) {
+			ps.hairpin = append(ps.hairpin, ap)
 		}
 	}
-	if sp.NodePort > 0 && sp.NodePort <= 65535 {
-		key := b.done(b.scratch[:0].proto(b.proto).port(uint16(sp.NodePort)))
-		b.beginUnit(unitNodePort, key, 3+len(b.out.slots[listCluster])+len(b.out.slots[listLocal]))
-		b.external(kindNodePort, key)
+	b := newPortBuilder(fc, ps, false)
+	b.build()
+	ps.units = make([]unitRef, len(b.units))
+	for i := range b.units {
+		ps.units[i] = b.units[i].ref()
 	}
-	b.hairpin()
-	return b.out
+	ps.chains = b.chains
+	return ps
+}
+
+// elements generates the port's units with their elements, in the order of ps.units.
+func (ps *portState) elements(fc *familyConfig) []unit {
+	b := newPortBuilder(fc, ps, true)
+	b.build()
+	return b.units
+}
+
+// sameInputs reports whether two states of a port generate the same elements and chains.
+func sameInputs(a, b *portState) bool {
+	if a.sp != b.sp && !reflect.DeepEqual(a.sp, b.sp) {
+		return false
+	}
+	if a.hasAny != b.hasAny || !slices.Equal(a.hairpin, b.hairpin) {
+		return false
+	}
+	for l := range numLists {
+		if !slices.Equal(a.slots[l], b.slots[l]) {
+			return false
+		}
+	}
+	return true
 }
 
 // usableEndpoints drops endpoints of another family or without a valid port.
@@ -126,17 +142,62 @@ func usableEndpoints(fam *family, eps []endpoints.Endpoint) []endpoints.Endpoint
 	return eps
 }
 
-// portBuilder accumulates one port's elements and chains.
+// portBuilder generates one port's units from its state: with elems false only the units'
+// identities and the chains (what buildPort keeps), with elems true the elements too.
 type portBuilder struct {
 	fc      *familyConfig
+	ps      *portState
 	sp      *proxier.ServicePort
-	choice  endpoints.Choice
+	elems   bool
 	proto   uint8
 	timeout int32
 	comment string
-	out     *portState
+	units   []unit
+	chains  []chainID
 	// scratch is reused to encode keys (each key then costs one allocation, its string).
 	scratch keyBuf
+}
+
+func newPortBuilder(fc *familyConfig, ps *portState, elems bool) *portBuilder {
+	sp := ps.sp
+	b := &portBuilder{fc: fc, ps: ps, sp: sp, elems: elems, proto: protoNumber(sp.Protocol), scratch: make(keyBuf, 0, 64)}
+	if elems {
+		b.comment = truncate(sp.Name.String(), commentMax)
+	}
+	if sp.ClientIPAffinity {
+		b.timeout = sp.StickyMaxAgeSeconds
+		if b.timeout <= 0 {
+			b.timeout = defaultAffinitySeconds
+		}
+	}
+	return b
+}
+
+// build generates the units: the ClusterIP, each external IP and LoadBalancer IP, the
+// NodePort, and the hairpin elements of local endpoints.
+func (b *portBuilder) build() {
+	sp, ps := b.sp, b.ps
+	vips := b.externalVIPs()
+	b.units = make([]unit, 0, 2+len(vips)+1+len(ps.hairpin))
+	b.clusterIP()
+	allowed := b.firewallRanges()
+	for _, vip := range vips {
+		key := b.vipKey(vip)
+		b.beginUnit(unitVIP, key, 3+len(allowed)+len(ps.slots[listCluster])+len(ps.slots[listLocal]))
+		b.external(kindVIP, key)
+		if len(allowed) > 0 && slices.Contains(sp.LoadBalancerVIPs, vip) {
+			b.add(setFirewallIPs, element{key: key, comment: b.comment})
+			for _, rng := range allowed {
+				b.add(setFirewallAllow, element{key: key + rng[0], keyEnd: key + rng[1]})
+			}
+		}
+	}
+	if sp.NodePort > 0 && sp.NodePort <= 65535 {
+		key := b.done(b.scratch[:0].proto(b.proto).port(uint16(sp.NodePort)))
+		b.beginUnit(unitNodePort, key, 3+len(ps.slots[listCluster])+len(ps.slots[listLocal]))
+		b.external(kindNodePort, key)
+	}
+	b.hairpin()
 }
 
 // done returns the key built in the scratch buffer as a string and keeps the buffer.
@@ -152,12 +213,19 @@ func (b *portBuilder) vipKey(ip netip.Addr) string {
 
 // beginUnit starts a unit of about size elements: the next elements belong to it.
 func (b *portBuilder) beginUnit(kind, key string, size int) {
-	b.out.units = append(b.out.units, unit{kind: kind, key: key, elems: make([]setElem, 0, size)})
+	u := unit{kind: kind, key: key}
+	if b.elems {
+		u.elems = make([]setElem, 0, size)
+	}
+	b.units = append(b.units, u)
 }
 
-// add adds an element to the current unit.
+// add adds an element to the current unit (nothing when only identities are generated).
 func (b *portBuilder) add(set string, el element) {
-	u := &b.out.units[len(b.out.units)-1]
+	if !b.elems {
+		return
+	}
+	u := &b.units[len(b.units)-1]
 	u.elems = append(u.elems, setElem{set: set, el: el})
 }
 
@@ -165,8 +233,8 @@ func (b *portBuilder) add(set string, el element) {
 // returns c's name.
 func (b *portBuilder) useChain(c chainID) string {
 	for _, d := range c.withDeps(nil) {
-		if !slices.Contains(b.out.chains, d) {
-			b.out.chains = append(b.out.chains, d)
+		if !slices.Contains(b.chains, d) {
+			b.chains = append(b.chains, d)
 		}
 	}
 	return b.fc.chainName(c)
@@ -174,6 +242,9 @@ func (b *portBuilder) useChain(c chainID) string {
 
 // slotElements maps each slot of a frontend to its endpoint.
 func (b *portBuilder) slotElements(kind frontendKind, frontend string, slots []netip.AddrPort) {
+	if !b.elems {
+		return
+	}
 	set := kind.endpointsMap()
 	for i, ap := range slots {
 		key := b.done(append(b.scratch[:0], frontend...).slot(uint32(i)))
@@ -184,7 +255,7 @@ func (b *portBuilder) slotElements(kind frontendKind, frontend string, slots []n
 // noEndpointVerdict is what the filter chains do with traffic that found no endpoint: reject
 // when the service has no usable endpoint anywhere, drop when only a Local policy has none.
 func (b *portBuilder) noEndpointVerdict() verdict {
-	if !b.choice.HasAny {
+	if !b.ps.hasAny {
 		return goTo(chainReject)
 	}
 	return verdictDropV
@@ -197,8 +268,8 @@ func (b *portBuilder) clusterIP() {
 	b.beginUnit(setClusterIPs, cip, 1)
 	b.add(setClusterIPs, element{key: cip})
 	key := b.vipKey(sp.ClusterIP)
-	b.beginUnit(unitVIP, key, 1+len(b.out.slots[listInternal]))
-	slots := b.out.slots[listInternal]
+	b.beginUnit(unitVIP, key, 1+len(b.ps.slots[listInternal]))
+	slots := b.ps.slots[listInternal]
 	if len(slots) == 0 {
 		b.add(mapNoEndpointServices, element{key: key, verd: b.noEndpointVerdict(), comment: b.comment})
 		return
@@ -233,9 +304,9 @@ func (b *portBuilder) external(kind frontendKind, frontend string) {
 		dispatch, local, noEndpoints = mapServiceNodePorts, mapServiceNodePortsLocal, mapNoEndpointNodePorts
 		localKind = kindNodePortLocal
 	}
-	cluster, locals := b.out.slots[listCluster], b.out.slots[listLocal]
+	cluster, locals := b.ps.slots[listCluster], b.ps.slots[listLocal]
 	etpLocal := b.sp.ExternalPolicyLocal
-	if b.choice.HasAny && len(cluster) > 0 {
+	if b.ps.hasAny && len(cluster) > 0 {
 		wrapper := chainID{role: roleExternal, kind: kind, n: len(cluster), timeout: b.timeout}
 		if etpLocal {
 			wrapper.role = roleExternalLocal
@@ -248,7 +319,7 @@ func (b *portBuilder) external(kind frontendKind, frontend string) {
 			b.slotElements(localKind, frontend, locals)
 		}
 	}
-	if !b.choice.HasAny || (etpLocal && len(locals) == 0) {
+	if !b.ps.hasAny || (etpLocal && len(locals) == 0) {
 		b.add(noEndpoints, element{key: frontend, verd: b.noEndpointVerdict(), comment: b.comment})
 	}
 }
@@ -294,12 +365,10 @@ func (b *portBuilder) rangesHoldNodeIP(ranges []netip.Prefix) bool {
 
 // hairpin lists the local endpoints, whose traffic to their own service is masqueraded.
 func (b *portBuilder) hairpin() {
-	for _, ep := range b.choice.AllReachable {
-		if ep.Local {
-			key := b.done(b.scratch[:0].addr(ep.IP).addr(ep.IP).proto(b.proto).port(uint16(ep.Port)))
-			b.beginUnit(setHairpin, key, 1)
-			b.add(setHairpin, element{key: key})
-		}
+	for _, ap := range b.ps.hairpin {
+		key := b.done(b.scratch[:0].addr(ap.Addr()).addr(ap.Addr()).proto(b.proto).port(ap.Port()))
+		b.beginUnit(setHairpin, key, 1)
+		b.add(setHairpin, element{key: key})
 	}
 }
 

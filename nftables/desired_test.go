@@ -155,7 +155,7 @@ func TestBuildPort(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			slice := makeSlice(tc.svc.Name, tc.eps...)
 			st := buildPort(fc, portOf(t, tc.svc), endpointsOf(t, slice), testEnvNode(), nil)
-			elems, chains := renderPort(fc.fam, st)
+			elems, chains := renderPort(fc, st)
 			if d := diffLines(elems, tc.elems); d != "" {
 				t.Errorf("elements:%s", d)
 			}

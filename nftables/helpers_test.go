@@ -226,8 +226,9 @@ func summary(res TraceResult) string {
 }
 
 // renderPort renders a port's desired elements ("set element") and chains, sorted.
-func renderPort(fam *family, st *portState) (elems, chains []string) {
-	for _, u := range st.units {
+func renderPort(fc *familyConfig, st *portState) (elems, chains []string) {
+	fam := fc.fam
+	for _, u := range st.elements(fc) {
 		for _, e := range u.elems {
 			elems = append(elems, e.set+" "+renderElement(fam.setIndex[e.set], e.el))
 		}

@@ -12,28 +12,17 @@ type unitRef struct {
 	key  string
 }
 
-// unitOwner is one service port's wish for a unit.
-type unitOwner struct {
-	name  *endpoints.ServicePortName
-	elems []setElem
-}
-
-// unitOwners are the ports that want one unit, sorted by name; first is the one the kernel
-// holds. The first owner is kept inline: almost every unit has exactly one.
+// unitOwners are the ports that want one unit, sorted by name; first is the one whose elements
+// the kernel holds. The first owner is kept inline: almost every unit has exactly one.
 type unitOwners struct {
-	first unitOwner
-	more  []unitOwner
-}
-
-// before is a unit as the kernel held it before the current sync touched it.
-type before struct {
-	elems   []setElem
-	present bool
+	first *endpoints.ServicePortName
+	more  []*endpoints.ServicePortName
 }
 
 // familyState is what nodeproxy committed to one family's table, kept in memory so that a sync
-// never lists the kernel: the desired state of every service port, every unit with the ports
-// that want it, and the dynamic chains with the number of ports using each.
+// never lists the kernel: the desired state of every service port (the inputs its elements are
+// generated from), every unit with the ports that want it, and the dynamic chains with the
+// number of ports using each.
 //
 // A sync calls setPort for each changed port and then flush, which writes the operations that
 // bring the kernel in line, touching only the elements and chains the changed ports affected.
@@ -49,8 +38,10 @@ type familyState struct {
 	kernelChains map[chainID]bool
 	// fresh is true until the first flush: the kernel holds nothing yet, so nothing needs to
 	// be remembered about what changed.
-	fresh         bool
-	touched       map[unitRef]before
+	fresh bool
+	// touched holds, for each unit changed since the last flush, the state of the port whose
+	// elements the kernel held for it (nil: the kernel held none).
+	touched       map[unitRef]*portState
 	touchedChains map[chainID]bool
 }
 
@@ -64,7 +55,7 @@ func newFamilyState(fc *familyConfig, ports int) *familyState {
 		chainUsers:    map[chainID]int{},
 		kernelChains:  map[chainID]bool{},
 		fresh:         true,
-		touched:       map[unitRef]before{},
+		touched:       map[unitRef]*portState{},
 		touchedChains: map[chainID]bool{},
 	}
 }
@@ -77,34 +68,60 @@ func (s *familyState) setPort(name endpoints.ServicePortName, next *portState) {
 		owner = &name
 		s.names[name] = owner
 	}
-	var prevUnits map[unitRef][]setElem
+	for _, ch := range s.changedUnits(prev, next) {
+		s.setOwner(ch.ref, owner, ch.wanted)
+	}
 	if prev != nil {
-		prevUnits = make(map[unitRef][]setElem, len(prev.units))
-		for _, u := range prev.units {
-			prevUnits[unitRef{kind: u.kind, key: u.key}] = u.elems
-		}
 		s.useChains(prev.chains, -1)
 	}
 	if next != nil {
-		for _, u := range next.units {
-			ref := unitRef{kind: u.kind, key: u.key}
-			if old, ok := prevUnits[ref]; ok {
-				delete(prevUnits, ref)
-				if slices.Equal(old, u.elems) {
-					continue
-				}
-			}
-			s.setOwner(ref, owner, u.elems)
-		}
 		s.useChains(next.chains, 1)
 		s.ports[name] = next
 	} else {
 		delete(s.ports, name)
 		delete(s.names, name)
 	}
-	for ref := range prevUnits {
-		s.setOwner(ref, owner, nil)
+}
+
+// unitChange is a unit whose elements a port changes: it now wants it (with other elements
+// than before), or no longer does.
+type unitChange struct {
+	ref    unitRef
+	wanted bool
+}
+
+// changedUnits returns the units whose elements differ between two states of a port (nil:
+// absent). Elements are generated only when both states exist and their inputs differ.
+func (s *familyState) changedUnits(prev, next *portState) []unitChange {
+	var out []unitChange
+	switch {
+	case prev == nil && next == nil:
+	case prev == nil:
+		for _, ref := range next.units {
+			out = append(out, unitChange{ref: ref, wanted: true})
+		}
+	case next == nil:
+		for _, ref := range prev.units {
+			out = append(out, unitChange{ref: ref})
+		}
+	case !sameInputs(prev, next):
+		old := make(map[unitRef][]setElem, len(prev.units))
+		for _, u := range prev.elements(s.fc) {
+			old[u.ref()] = u.elems
+		}
+		for _, u := range next.elements(s.fc) {
+			ref := u.ref()
+			elems, had := old[ref]
+			delete(old, ref)
+			if !had || !slices.Equal(elems, u.elems) {
+				out = append(out, unitChange{ref: ref, wanted: true})
+			}
+		}
+		for ref := range old {
+			out = append(out, unitChange{ref: ref})
+		}
 	}
+	return out
 }
 
 // useChains adds delta users to chains.
@@ -115,33 +132,39 @@ func (s *familyState) useChains(chains []chainID, delta int) {
 	}
 }
 
-// setOwner records (elems) or forgets (nil) owner's wish for the unit ref.
-func (s *familyState) setOwner(ref unitRef, owner *endpoints.ServicePortName, elems []setElem) {
+// setOwner records (wanted) or forgets owner's wish for the unit ref. The first change of a
+// unit since the last flush remembers whose elements the kernel holds for it: owners and the
+// ports map still describe the kernel's state for it then (a port's own state is replaced
+// only after its units are recorded, and a port whose unit did not change holds the same
+// elements for it in both states).
+func (s *familyState) setOwner(ref unitRef, owner *endpoints.ServicePortName, wanted bool) {
 	cur, exists := s.owners[ref]
 	if !s.fresh {
 		if _, seen := s.touched[ref]; !seen {
-			s.touched[ref] = before{elems: cur.first.elems, present: exists}
+			var held *portState
+			if exists {
+				held = s.ports[*cur.first]
+			}
+			s.touched[ref] = held
 		}
 	}
-	if !exists || (len(cur.more) == 0 && cur.first.name == owner) { // the common cases
-		if elems == nil {
-			delete(s.owners, ref)
+	if !exists || (len(cur.more) == 0 && cur.first == owner) { // the common cases
+		if wanted {
+			s.owners[ref] = unitOwners{first: owner}
 		} else {
-			s.owners[ref] = unitOwners{first: unitOwner{name: owner, elems: elems}}
+			delete(s.owners, ref)
 		}
 		return
 	}
-	owners := append([]unitOwner{cur.first}, cur.more...)
-	i, found := slices.BinarySearchFunc(owners, owner, func(o unitOwner, n *endpoints.ServicePortName) int {
-		return endpoints.CompareNames(*o.name, *n)
+	owners := append([]*endpoints.ServicePortName{cur.first}, cur.more...)
+	i, found := slices.BinarySearchFunc(owners, owner, func(o, n *endpoints.ServicePortName) int {
+		return endpoints.CompareNames(*o, *n)
 	})
 	switch {
-	case elems == nil && found:
+	case !wanted && found:
 		owners = slices.Delete(owners, i, i+1)
-	case elems != nil && found:
-		owners[i].elems = elems
-	case elems != nil:
-		owners = slices.Insert(owners, i, unitOwner{name: owner, elems: elems})
+	case wanted && !found:
+		owners = slices.Insert(owners, i, owner)
 	}
 	if len(owners) == 0 {
 		delete(s.owners, ref)
@@ -154,16 +177,19 @@ func (s *familyState) setOwner(ref unitRef, owner *endpoints.ServicePortName, el
 // assumes they will be applied.
 func (s *familyState) flush(ops *familyOps) {
 	if s.fresh {
-		ops.reserve(s.owners)
-		for _, owners := range s.owners {
-			for _, e := range owners.first.elems {
-				ops.addElement(e.set, e.el)
-			}
-		}
+		s.flushAll(ops)
 		s.fresh = false
 	} else {
-		for ref, b := range s.touched {
-			flushUnit(b.elems, s.owners[ref].first.elems, ops)
+		units := unitCache{fc: s.fc, byPort: map[*portState][]unit{}}
+		for ref, held := range s.touched {
+			var have, want []setElem
+			if held != nil {
+				have = units.elems(held, ref)
+			}
+			if o, ok := s.owners[ref]; ok {
+				want = units.elems(s.ports[*o.first], ref)
+			}
+			flushUnit(have, want, ops)
 		}
 		clear(s.touched)
 	}
@@ -182,6 +208,43 @@ func (s *familyState) flush(ops *familyOps) {
 		}
 	}
 	clear(s.touchedChains)
+}
+
+// flushAll writes every element of an empty table's state: each port's elements of the units
+// it is the first owner of.
+func (s *familyState) flushAll(ops *familyOps) {
+	for name, ps := range s.ports {
+		owner := s.names[name]
+		for _, u := range ps.elements(s.fc) {
+			if s.owners[u.ref()].first != owner {
+				continue
+			}
+			for _, e := range u.elems {
+				ops.addElement(e.set, e.el)
+			}
+		}
+	}
+}
+
+// unitCache generates each port's elements once per flush.
+type unitCache struct {
+	fc     *familyConfig
+	byPort map[*portState][]unit
+}
+
+// elems returns the elements ps generates for the unit ref (nil: none).
+func (c unitCache) elems(ps *portState, ref unitRef) []setElem {
+	units, ok := c.byPort[ps]
+	if !ok {
+		units = ps.elements(c.fc)
+		c.byPort[ps] = units
+	}
+	for i := range units {
+		if units[i].kind == ref.kind && units[i].key == ref.key {
+			return units[i].elems
+		}
+	}
+	return nil
 }
 
 // elemID identifies an element within a unit.

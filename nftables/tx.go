@@ -164,18 +164,6 @@ func newFamilyOps(fc *familyConfig) *familyOps {
 
 func (o *familyOps) addElement(set string, e element) { o.adds[set] = append(o.adds[set], e) }
 
-// reserve sizes the additions for every element of a new table.
-func (o *familyOps) reserve(owners map[unitRef]unitOwners) {
-	counts := map[string]int{}
-	for _, u := range owners {
-		for _, e := range u.first.elems {
-			counts[e.set]++
-		}
-	}
-	for set, n := range counts {
-		o.adds[set] = make([]element, 0, n)
-	}
-}
 func (o *familyOps) deleteElement(set string, e element) { o.dels[set] = append(o.dels[set], e) }
 
 // appendTo appends the operations to tx in a safe order: new chains (lowest level first),
