@@ -65,6 +65,8 @@ type portState struct {
 	hairpin []netip.AddrPort
 	units   []unitRef
 	chains  []chainID
+	// elementCount is the number of elements the units hold.
+	elementCount int32
 }
 
 // buildPort computes the desired state of one service port: a pure function of the port, its
@@ -99,6 +101,7 @@ func buildPort(fc *familyConfig, sp *proxier.ServicePort, eps []endpoints.Endpoi
 		ps.units[i] = b.units[i].ref()
 	}
 	ps.chains = b.chains
+	ps.elementCount = int32(b.count)
 	return ps
 }
 
@@ -154,6 +157,8 @@ type portBuilder struct {
 	comment string
 	units   []unit
 	chains  []chainID
+	// count is the number of elements generated (or, with elems false, that would be).
+	count int
 	// scratch is reused to encode keys (each key then costs one allocation, its string).
 	scratch keyBuf
 }
@@ -222,6 +227,7 @@ func (b *portBuilder) beginUnit(kind, key string, size int) {
 
 // add adds an element to the current unit (nothing when only identities are generated).
 func (b *portBuilder) add(set string, el element) {
+	b.count++
 	if !b.elems {
 		return
 	}
@@ -242,6 +248,7 @@ func (b *portBuilder) useChain(c chainID) string {
 
 // slotElements maps each slot of a frontend to its endpoint.
 func (b *portBuilder) slotElements(kind frontendKind, frontend string, slots []netip.AddrPort) {
+	b.count += len(slots)
 	if !b.elems {
 		return
 	}

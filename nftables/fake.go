@@ -65,7 +65,7 @@ func (f *Fake) Apply(tx *Transaction) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	w := &fakeWork{tables: maps.Clone(f.tables), ownTables: map[tableID]bool{}, ownSets: map[*fakeSet]bool{}}
-	for i, o := range tx.ops {
+	for i, o := range tx.expanded().ops {
 		if err := w.apply(o); err != nil {
 			return fmt.Errorf("operation %d (%s): %w", i, o.lines()[0], err)
 		}

@@ -145,6 +145,9 @@ func (b *batcher) queue(o op) error {
 	case opDeleteChain:
 		b.conn.DelChain(&gnft.Chain{Name: o.chain.name, Table: table})
 	case opAddElements, opDeleteElements:
+		if o.gen != nil {
+			return b.generated(o.gen, table)
+		}
 		return b.elements(o, table)
 	}
 	return nil
@@ -208,6 +211,18 @@ func (b *batcher) elements(o op, table *gnft.Table) error {
 		}
 		if err != nil {
 			return fmt.Errorf("queueing elements of %s: %w", o.set.name, err)
+		}
+	}
+	return nil
+}
+
+// generated queues generated element additions, generating a bounded number at a time.
+func (b *batcher) generated(g *portElements, table *gnft.Table) error {
+	for _, part := range g.split(generateChunk) {
+		for _, o := range part.ops() {
+			if err := b.elements(o, table); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

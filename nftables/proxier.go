@@ -282,7 +282,7 @@ func logFailedTransaction(tx *Transaction) {
 		return
 	}
 	var lines []string
-	for _, o := range tx.ops {
+	for _, o := range tx.expanded().ops {
 		left := failedTransactionLines - len(lines)
 		if left <= 0 {
 			break

@@ -48,7 +48,8 @@ func hooksLast(tx *Transaction) *Transaction {
 }
 
 // stages splits a table-creating transaction: everything but elements and base chains, then
-// the elements in batches of at most perBatch, then the base chains with their rules.
+// the elements in batches of at most perBatch (generated elements: of whole ports, so a port
+// with more elements is a batch of its own), then the base chains with their rules.
 func stages(tx *Transaction, perBatch int) []*Transaction {
 	setup, hooks := &Transaction{}, &Transaction{}
 	var elementOps []op
@@ -65,6 +66,17 @@ func stages(tx *Transaction, perBatch int) []*Transaction {
 	out := []*Transaction{setup}
 	cur, n := &Transaction{}, 0
 	for _, o := range elementOps {
+		if o.gen != nil { // generated elements: parts of whole ports, a stage each
+			if !cur.Empty() {
+				out, cur, n = append(out, cur), &Transaction{}, 0
+			}
+			for _, part := range o.gen.split(perBatch) {
+				g := o
+				g.gen = part
+				out = append(out, &Transaction{ops: []op{g}})
+			}
+			continue
+		}
 		for start := 0; start < len(o.elems); {
 			take := min(perBatch-n, len(o.elems)-start)
 			part := o

@@ -210,20 +210,27 @@ func (s *familyState) flush(ops *familyOps) {
 	clear(s.touchedChains)
 }
 
-// flushAll writes every element of an empty table's state: each port's elements of the units
-// it is the first owner of.
+// flushAll writes every element of an empty table's state, to be generated when the
+// transaction is applied: each port's elements of the units it is the first owner of. Ports
+// are taken in name order, so that a transaction is the same whatever the map order.
 func (s *familyState) flushAll(ops *familyOps) {
-	for name, ps := range s.ports {
-		owner := s.names[name]
-		for _, u := range ps.elements(s.fc) {
-			if s.owners[u.ref()].first != owner {
-				continue
-			}
-			for _, e := range u.elems {
-				ops.addElement(e.set, e.el)
+	names := make([]*endpoints.ServicePortName, 0, len(s.names))
+	for _, n := range s.names {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b *endpoints.ServicePortName) int { return endpoints.CompareNames(*a, *b) })
+	g := &portElements{fc: s.fc, ports: make([]ownedPort, 0, len(names))}
+	for _, owner := range names {
+		ps := s.ports[*owner]
+		var skip []unitRef
+		for _, ref := range ps.units {
+			if s.owners[ref].first != owner {
+				skip = append(skip, ref)
 			}
 		}
+		g.add(ps, skip)
 	}
+	ops.all = g
 }
 
 // unitCache generates each port's elements once per flush.

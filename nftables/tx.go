@@ -30,6 +30,8 @@ type op struct {
 	// chain is the chain created with its rules (opAddChain) or deleted (opDeleteChain).
 	chain *chain
 	elems []element
+	// gen, in an element addition without elems, generates its elements (generate.go).
+	gen *portElements
 }
 
 // Transaction is one atomic batch of operations on nftables state: the kernel applies all of
@@ -47,7 +49,7 @@ func (t *Transaction) Operations() int {
 	n := 0
 	for _, o := range t.ops {
 		if o.kind == opAddElements || o.kind == opDeleteElements {
-			n += len(o.elems)
+			n += len(o.elems) + o.gen.size()
 		} else {
 			n++
 		}
@@ -87,6 +89,13 @@ func (o op) lines() []string {
 		return lines
 	case opDeleteChain:
 		return []string{fmt.Sprintf("delete chain %s %s", tbl, o.chain.name)}
+	}
+	if o.gen != nil {
+		var lines []string
+		for _, g := range o.gen.ops() {
+			lines = append(lines, g.lines()...)
+		}
+		return lines
 	}
 	verb := "add"
 	if o.kind == opDeleteElements {
@@ -156,6 +165,8 @@ type familyOps struct {
 	chainDels []chainID
 	dels      map[string][]element
 	adds      map[string][]element
+	// all, when set, generates the elements of a new table (added after adds).
+	all *portElements
 }
 
 func newFamilyOps(fc *familyConfig) *familyOps {
@@ -193,6 +204,9 @@ func (o *familyOps) appendTo(tx *Transaction) {
 				tx.add(op{kind: kind, fam: fam, table: TableName, set: spec, elems: els})
 			}
 		}
+	}
+	if o.all != nil && o.all.size() > 0 {
+		tx.add(op{kind: opAddElements, fam: fam, table: TableName, gen: o.all})
 	}
 	slices.SortFunc(o.chainDels, func(a, b chainID) int { return byLevel(b, a) })
 	for _, c := range o.chainDels {
