@@ -77,15 +77,26 @@ func (g *portElements) split(n int) []*portElements {
 // ops generates the elements as one element addition per set, in the family's set order;
 // the elements of an interval set are sorted (`nft list` shows ranges in insertion order).
 func (g *portElements) ops() []op {
-	bySet := map[string][]element{}
+	var units []unit
+	counts := map[string]int{}
 	for _, p := range g.ports {
 		for _, u := range p.ps.elements(g.fc) {
 			if p.skip != nil && slices.Contains(p.skip, u.ref()) {
 				continue
 			}
+			units = append(units, u)
 			for _, e := range u.elems {
-				bySet[e.set] = append(bySet[e.set], e.el)
+				counts[e.set]++
 			}
+		}
+	}
+	bySet := make(map[string][]element, len(counts))
+	for set, n := range counts {
+		bySet[set] = make([]element, 0, n)
+	}
+	for _, u := range units {
+		for _, e := range u.elems {
+			bySet[e.set] = append(bySet[e.set], e.el)
 		}
 	}
 	fam := g.fc.fam

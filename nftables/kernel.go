@@ -45,6 +45,15 @@ func (c *netlinkConn) Apply(tx *Transaction) error {
 	if tx.Empty() {
 		return nil
 	}
+	b, err := c.prepare(tx)
+	if err != nil {
+		return err
+	}
+	return b.flush(tx)
+}
+
+// prepare queues (and so marshals) tx's operations on a new connection, without sending them.
+func (c *netlinkConn) prepare(tx *Transaction) (*batcher, error) {
 	b := &batcher{sets: map[setKey]*gnft.Set{}}
 	opts := []gnft.ConnOption{gnft.WithSockOptions(b.sizeSocket)}
 	if c.netNSFd != 0 {
@@ -52,15 +61,20 @@ func (c *netlinkConn) Apply(tx *Transaction) error {
 	}
 	conn, err := gnft.New(opts...)
 	if err != nil {
-		return fmt.Errorf("opening nftables netlink connection: %w", err)
+		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
 	}
 	b.conn = conn
 	for _, o := range tx.ops {
 		if err := b.queue(o); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := conn.Flush(); err != nil {
+	return b, nil
+}
+
+// flush sends the operations queued for tx as one batch and waits for the kernel's answers.
+func (b *batcher) flush(tx *Transaction) error {
+	if err := b.conn.Flush(); err != nil {
 		return fmt.Errorf("sending nftables batch of %d operations: %w", tx.Operations(), err)
 	}
 	return nil

@@ -106,16 +106,59 @@ func (c *netlinkConn) ApplyStaged(tx *Transaction) (bool, error) {
 	if exist {
 		return false, nil
 	}
-	for i, stage := range stages(tx, stagedElementsPerBatch) {
-		if err := c.Apply(stage); err != nil {
-			err = fmt.Errorf("building the table in stages, stage %d: %w", i+1, err)
-			if cleanupErr := c.Apply(deleteCreatedTables(tx)); cleanupErr != nil {
-				err = errors.Join(err, fmt.Errorf("deleting the partly built table: %w", cleanupErr))
-			}
-			return true, err
+	if err := c.applyPipelined(stages(tx, stagedElementsPerBatch)); err != nil {
+		err = fmt.Errorf("building the table in stages, %w", err)
+		if cleanupErr := c.Apply(deleteCreatedTables(tx)); cleanupErr != nil {
+			err = errors.Join(err, fmt.Errorf("deleting the partly built table: %w", cleanupErr))
 		}
+		return true, err
 	}
 	return true, nil
+}
+
+// preparedStage is a stage marshalled and ready to send.
+type preparedStage struct {
+	tx  *Transaction
+	b   *batcher
+	err error
+}
+
+// applyPipelined applies the stages in order, each as one batch, marshalling the next stage
+// while the kernel processes the current one. It stops at the first failure.
+func (c *netlinkConn) applyPipelined(list []*Transaction) error {
+	ready := make(chan preparedStage)
+	stop := make(chan struct{})
+	go func() {
+		defer close(ready)
+		for _, tx := range list {
+			b, err := c.prepare(tx)
+			select {
+			case ready <- preparedStage{tx: tx, b: b, err: err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		for range ready { // let the marshalling goroutine end
+		}
+	}()
+	i := 0
+	for st := range ready {
+		i++
+		err := st.err
+		if err == nil {
+			err = st.b.flush(st.tx)
+		}
+		if err != nil {
+			return fmt.Errorf("stage %d of %d: %w", i, len(list), err)
+		}
+	}
+	return nil
 }
 
 // replacedTablesExist reports whether the kernel holds any table tx deletes.
