@@ -39,8 +39,8 @@ func RunAPI(ctx context.Context, client kubernetes.Interface, nodeName string, r
 	services := reflectServices(reflectCtx, &reflectors, client, serviceEvents(h))
 	slices := reflectEndpointSlices(reflectCtx, &reflectors, client, endpointSliceEvents(h))
 	nodeFactory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), services.HasSynced, slices.HasSynced, nodeSynced) {
-		return fmt.Errorf("waiting for Service, EndpointSlice and Node caches to sync: %w", context.Cause(ctx))
+	if err := waitSynced(ctx, services.HasSynced, slices.HasSynced, nodeSynced); err != nil {
+		return fmt.Errorf("waiting for Service, EndpointSlice and Node caches to sync: %w", err)
 	}
 	klog.InfoS("API caches synced", "node", nodeName)
 	h.OnServiceSynced()
@@ -48,6 +48,31 @@ func RunAPI(ctx context.Context, client kubernetes.Interface, nodeName string, r
 	h.OnNodeSynced()
 	<-ctx.Done()
 	return nil
+}
+
+// syncedPollInterval is how often waitSynced checks the caches. client-go's WaitForCacheSync
+// checks every 100 ms, which delayed the first sync by 50 ms on average (up to 100 ms); a
+// check is a few atomic loads.
+const syncedPollInterval = 5 * time.Millisecond
+
+// waitSynced waits until every check reports true, or returns ctx's cause.
+func waitSynced(ctx context.Context, checks ...cache.InformerSynced) error {
+	tick := time.NewTicker(syncedPollInterval)
+	defer tick.Stop()
+	for {
+		synced := true
+		for _, c := range checks {
+			synced = synced && c()
+		}
+		if synced {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-tick.C:
+		}
+	}
 }
 
 // newFactory builds an informer factory with the resync period, the list tweak and the

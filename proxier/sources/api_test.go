@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,5 +174,26 @@ func TestRunAPIErrorsWhenCachesNeverSync(t *testing.T) {
 	}
 	if got := rec.snapshot(); slices.ContainsFunc(got, func(e recordedEvent) bool { return e.op == "synced" }) {
 		t.Errorf("synced delivered without a cache sync: %v", names(got))
+	}
+}
+
+// TestWaitSyncedWaitsForEveryCheck: waitSynced returns once every check holds, and with the
+// context's cause when it ends first.
+func TestWaitSyncedWaitsForEveryCheck(t *testing.T) {
+	var calls atomic.Int32
+	slow := func() bool { return calls.Add(1) >= 3 } // true from its third call on
+	always := func() bool { return true }
+	if err := waitSynced(context.Background(), always, slow); err != nil {
+		t.Fatalf("waitSynced = %v, want nil", err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("the slow check was called %d times, want 3 (until it held)", n)
+	}
+
+	cause := errors.New("stopped")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(cause)
+	if err := waitSynced(ctx, always, func() bool { return false }); !errors.Is(err, cause) {
+		t.Errorf("waitSynced after the context ended = %v, want %v", err, cause)
 	}
 }

@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("starting the %s backend: %w", cfg.Mode, err)
 	}
 	defer stop()
-	return serve(ctx, cfg, env, client, afterCleanup(backend, cfg.Mode))
+	return serve(ctx, cfg, env, client, lowerGCAtFirstSync(afterCleanup(backend, cfg.Mode), os.LookupEnv))
 }
 
 // afterCleanup starts removing the other modes' rules (cleanupOtherModes) in the background
