@@ -99,8 +99,13 @@ type batcher struct {
 // bounds the wait for the answers. Forcing the sizes needs CAP_NET_ADMIN, which programming
 // nftables needs anyway.
 func (b *batcher) sizeSocket(c *netlink.Conn) error {
-	snd := max(2*b.bytes, minSocketBuffer)
-	rcv := max(2048*b.messages, minSocketBuffer)
+	return sizeSocket(c, b.bytes, b.messages)
+}
+
+// sizeSocket sizes c's buffers for a batch of about bytes bytes and messages answers.
+func sizeSocket(c *netlink.Conn, bytes, messages int) error {
+	snd := max(2*bytes, minSocketBuffer)
+	rcv := max(2048*messages, minSocketBuffer)
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("sizing the netlink socket: %w", err)
@@ -242,6 +247,9 @@ func (b *batcher) generated(g *portElements, table *gnft.Table) error {
 	return nil
 }
 
+// verdictKinds are the kernel's codes of the verdicts an element can hold.
+var verdictKinds = map[verdictKind]expr.VerdictKind{verdictGoto: expr.VerdictGoto, verdictJump: expr.VerdictJump, verdictDrop: expr.VerdictDrop, verdictAccept: expr.VerdictAccept}
+
 // gnftElement converts an element; a deletion only needs the key.
 func gnftElement(spec *setSpec, e element, del bool) gnft.SetElement {
 	out := gnft.SetElement{Key: []byte(e.key)}
@@ -254,8 +262,7 @@ func gnftElement(spec *setSpec, e element, del bool) gnft.SetElement {
 	out.Comment = e.comment
 	switch {
 	case spec.verdictMap:
-		kinds := map[verdictKind]expr.VerdictKind{verdictGoto: expr.VerdictGoto, verdictJump: expr.VerdictJump, verdictDrop: expr.VerdictDrop, verdictAccept: expr.VerdictAccept}
-		out.VerdictData = &expr.Verdict{Kind: kinds[e.verd.kind], Chain: e.verd.chain}
+		out.VerdictData = &expr.Verdict{Kind: verdictKinds[e.verd.kind], Chain: e.verd.chain}
 	case spec.data != nil:
 		out.Val = []byte(e.value)
 	}

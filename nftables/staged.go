@@ -118,9 +118,22 @@ func (c *netlinkConn) ApplyStaged(tx *Transaction) (bool, error) {
 
 // preparedStage is a stage marshalled and ready to send.
 type preparedStage struct {
-	tx  *Transaction
-	b   *batcher
-	err error
+	send func() error
+	err  error
+}
+
+// prepareStage marshals one stage: a stage of element additions only into an elementBatch
+// (rawbatch.go), any other through google/nftables.
+func (c *netlinkConn) prepareStage(tx *Transaction) preparedStage {
+	if !slices.ContainsFunc(tx.ops, func(o op) bool { return o.kind != opAddElements }) {
+		b := encodeElements(tx)
+		return preparedStage{send: func() error { return c.sendElements(b) }}
+	}
+	b, err := c.prepare(tx)
+	if err != nil {
+		return preparedStage{err: err}
+	}
+	return preparedStage{send: func() error { return b.flush(tx) }}
 }
 
 // applyPipelined applies the stages in order, each as one batch, marshalling the next stage
@@ -131,13 +144,13 @@ func (c *netlinkConn) applyPipelined(list []*Transaction) error {
 	go func() {
 		defer close(ready)
 		for _, tx := range list {
-			b, err := c.prepare(tx)
+			st := c.prepareStage(tx)
 			select {
-			case ready <- preparedStage{tx: tx, b: b, err: err}:
+			case ready <- st:
 			case <-stop:
 				return
 			}
-			if err != nil {
+			if st.err != nil {
 				return
 			}
 		}
@@ -152,7 +165,7 @@ func (c *netlinkConn) applyPipelined(list []*Transaction) error {
 		i++
 		err := st.err
 		if err == nil {
-			err = st.b.flush(st.tx)
+			err = st.send()
 		}
 		if err != nil {
 			return fmt.Errorf("stage %d of %d: %w", i, len(list), err)
