@@ -45,39 +45,11 @@ func (c *netlinkConn) Apply(tx *Transaction) error {
 	if tx.Empty() {
 		return nil
 	}
-	b, err := c.prepare(tx)
+	b, err := encodeTransaction(tx)
 	if err != nil {
 		return err
 	}
-	return b.flush(tx)
-}
-
-// prepare queues (and so marshals) tx's operations on a new connection, without sending them.
-func (c *netlinkConn) prepare(tx *Transaction) (*batcher, error) {
-	b := &batcher{sets: map[setKey]*gnft.Set{}}
-	opts := []gnft.ConnOption{gnft.WithSockOptions(b.sizeSocket)}
-	if c.netNSFd != 0 {
-		opts = append(opts, gnft.WithNetNSFd(c.netNSFd))
-	}
-	conn, err := gnft.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
-	}
-	b.conn = conn
-	for _, o := range tx.ops {
-		if err := b.queue(o); err != nil {
-			return nil, err
-		}
-	}
-	return b, nil
-}
-
-// flush sends the operations queued for tx as one batch and waits for the kernel's answers.
-func (b *batcher) flush(tx *Transaction) error {
-	if err := b.conn.Flush(); err != nil {
-		return fmt.Errorf("sending nftables batch of %d operations: %w", tx.Operations(), err)
-	}
-	return nil
+	return c.sendBatch(b)
 }
 
 // setKey identifies a set within one batch.
@@ -91,18 +63,11 @@ type setKey struct {
 type batcher struct {
 	conn *gnft.Conn
 	sets map[setKey]*gnft.Set
-	// bytes and messages estimate the batch's size for the socket buffers.
-	bytes, messages int
 }
 
-// sizeSocket makes the socket buffers large enough for the whole batch and every answer, and
-// bounds the wait for the answers. Forcing the sizes needs CAP_NET_ADMIN, which programming
-// nftables needs anyway.
-func (b *batcher) sizeSocket(c *netlink.Conn) error {
-	return sizeSocket(c, b.bytes, b.messages)
-}
-
-// sizeSocket sizes c's buffers for a batch of about bytes bytes and messages answers.
+// sizeSocket makes c's buffers large enough for a batch of about bytes bytes and messages
+// answers, and bounds the wait for the answers. Forcing the sizes needs CAP_NET_ADMIN, which
+// programming nftables needs anyway.
 func sizeSocket(c *netlink.Conn, bytes, messages int) error {
 	snd := max(2*bytes, minSocketBuffer)
 	rcv := max(2048*messages, minSocketBuffer)
@@ -146,8 +111,6 @@ func (s familySets) lookupSet(name string) (uint32, bool) {
 // queue queues one operation.
 func (b *batcher) queue(o op) error {
 	table := o.fam.tableRef(o.table)
-	b.messages++
-	b.bytes += 256
 	switch o.kind {
 	case opAddTable:
 		b.conn.AddTable(table)
@@ -163,11 +126,6 @@ func (b *batcher) queue(o op) error {
 		return b.addChain(o, table)
 	case opDeleteChain:
 		b.conn.DelChain(&gnft.Chain{Name: o.chain.name, Table: table})
-	case opAddElements, opDeleteElements:
-		if o.gen != nil {
-			return b.generated(o.gen, table)
-		}
-		return b.elements(o, table)
 	}
 	return nil
 }
@@ -193,8 +151,6 @@ func (b *batcher) addChain(o op, table *gnft.Table) error {
 			return fmt.Errorf("chain %s rule %d: %w", o.chain.name, i, err)
 		}
 		b.conn.AddRule(&gnft.Rule{Table: table, Chain: ch, Exprs: exprs, UserData: udata})
-		b.messages++
-		b.bytes += 64 * len(exprs)
 	}
 	return nil
 }
@@ -207,67 +163,8 @@ var hooks = map[string]*gnft.ChainHook{
 	"postrouting": gnft.ChainHookPostrouting,
 }
 
-// elements queues element additions or deletions, a bounded number per message.
-func (b *batcher) elements(o op, table *gnft.Table) error {
-	set := b.sets[setKey{fam: o.fam, table: o.table, name: o.set.name}]
-	if set == nil {
-		set = gnftSet(o.fam, table, o.set)
-	}
-	del := o.kind == opDeleteElements
-	for start := 0; start < len(o.elems); start += elementsPerMessage {
-		chunk := o.elems[start:min(start+elementsPerMessage, len(o.elems))]
-		els := make([]gnft.SetElement, len(chunk))
-		for i, e := range chunk {
-			els[i] = gnftElement(o.set, e, del)
-			b.bytes += len(e.key) + len(e.keyEnd) + len(e.value) + len(e.comment) + len(e.verd.chain) + 48
-		}
-		b.messages++
-		var err error
-		if del {
-			err = b.conn.SetDeleteElements(set, els)
-		} else {
-			err = b.conn.SetAddElements(set, els)
-		}
-		if err != nil {
-			return fmt.Errorf("queueing elements of %s: %w", o.set.name, err)
-		}
-	}
-	return nil
-}
-
-// generated queues generated element additions, generating a bounded number at a time.
-func (b *batcher) generated(g *portElements, table *gnft.Table) error {
-	for _, part := range g.split(generateChunk) {
-		for _, o := range part.ops() {
-			if err := b.elements(o, table); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // verdictKinds are the kernel's codes of the verdicts an element can hold.
 var verdictKinds = map[verdictKind]expr.VerdictKind{verdictGoto: expr.VerdictGoto, verdictJump: expr.VerdictJump, verdictDrop: expr.VerdictDrop, verdictAccept: expr.VerdictAccept}
-
-// gnftElement converts an element; a deletion only needs the key.
-func gnftElement(spec *setSpec, e element, del bool) gnft.SetElement {
-	out := gnft.SetElement{Key: []byte(e.key)}
-	if spec.interval {
-		out.KeyEnd = []byte(e.keyEnd)
-	}
-	if del {
-		return out
-	}
-	out.Comment = e.comment
-	switch {
-	case spec.verdictMap:
-		out.VerdictData = &expr.Verdict{Kind: verdictKinds[e.verd.kind], Chain: e.verd.chain}
-	case spec.data != nil:
-		out.Val = []byte(e.value)
-	}
-	return out
-}
 
 // gnftSet converts a set declaration.
 func gnftSet(f *family, table *gnft.Table, s *setSpec) *gnft.Set {

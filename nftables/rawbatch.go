@@ -96,28 +96,38 @@ func (b *elementBatch) nested(typ, inner uint16, data string) {
 	b.endAttr(off)
 }
 
-// addElements appends one message adding elems (at most elementsPerMessage) to a set of table.
-func (b *elementBatch) addElements(fam *family, table string, spec *setSpec, elems []element) {
-	msg := b.header(uint16(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWSETELEM), netlink.Request|netlink.Acknowledge|netlink.Create)
+// setElements appends one message adding (or, del, deleting) elems, at most
+// elementsPerMessage, in a set of table.
+func (b *elementBatch) setElements(fam *family, table string, spec *setSpec, elems []element, del bool) {
+	typ := uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
+	if del {
+		typ = uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELSETELEM)
+	}
+	msg := b.header(typ, netlink.Request|netlink.Acknowledge|netlink.Create)
 	b.buf = append(b.buf, byte(fam.table), unix.NFNETLINK_V0, 0, 0)
 	b.attr(unix.NFTA_SET_ELEM_LIST_SET, spec.name+"\x00")
 	b.attr(unix.NFTA_SET_ELEM_LIST_SET_ID, "\x00\x00\x00\x00")
 	b.attr(unix.NFTA_SET_ELEM_LIST_TABLE, table+"\x00")
 	list := b.beginAttr(unix.NFTA_SET_ELEM_LIST_ELEMENTS | unix.NLA_F_NESTED)
 	for i, e := range elems {
-		b.element(spec, uint16(i+1), e)
+		b.element(spec, uint16(i+1), e, del)
 	}
 	b.endAttr(list)
 	b.endMessage(msg)
 	b.messages++
 }
 
-// element appends one element as google/nftables does (its attribute type is its index).
-func (b *elementBatch) element(spec *setSpec, index uint16, e element) {
+// element appends one element as google/nftables does (its attribute type is its index); a
+// deletion carries only the key.
+func (b *elementBatch) element(spec *setSpec, index uint16, e element, del bool) {
 	item := b.beginAttr(index | unix.NLA_F_NESTED)
 	b.nested(unix.NFTA_SET_ELEM_KEY, unix.NFTA_DATA_VALUE, e.key)
 	if spec.interval && e.keyEnd != "" {
 		b.nested(gnft.NFTA_SET_ELEM_KEY_END, unix.NFTA_DATA_VALUE, e.keyEnd)
+	}
+	if del {
+		b.endAttr(item)
+		return
 	}
 	switch {
 	case spec.verdictMap:
@@ -151,31 +161,82 @@ func (b *elementBatch) finish() []byte {
 	return b.buf
 }
 
-// encodeElements encodes a transaction of element additions only (generated ones included),
-// elementsPerMessage elements per message.
-func encodeElements(tx *Transaction) *elementBatch {
-	b := newElementBatch(128 * tx.Operations())
-	add := func(o op) {
-		for start := 0; start < len(o.elems); start += elementsPerMessage {
-			b.addElements(o.fam, o.table, o.set, o.elems[start:min(start+elementsPerMessage, len(o.elems))])
-		}
+// encodeTransaction encodes tx as one batch: element operations directly (generated ones a
+// bounded number at a time), every other operation through google/nftables, whose messages
+// are captured instead of sent (captureConn).
+func encodeTransaction(tx *Transaction) (*elementBatch, error) {
+	b := newElementBatch(128*tx.Operations() + 4096)
+	capture := &captureConn{b: b}
+	conn, err := gnft.New(gnft.WithTestDial(capture.dial))
+	if err != nil {
+		return nil, fmt.Errorf("opening the nftables message encoder: %w", err)
 	}
+	q := &batcher{conn: conn, sets: map[setKey]*gnft.Set{}}
 	for _, o := range tx.ops {
+		if o.kind != opAddElements && o.kind != opDeleteElements {
+			if err := q.queue(o); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := conn.Flush(); err != nil { // what was queued goes first
+			return nil, fmt.Errorf("encoding nftables messages: %w", err)
+		}
 		if o.gen == nil {
-			add(o)
+			b.elements(o)
 			continue
 		}
 		for _, part := range o.gen.split(generateChunk) {
 			for _, g := range part.ops() {
-				add(g)
+				b.elements(g)
 			}
 		}
 	}
-	return b
+	if err := conn.Flush(); err != nil {
+		return nil, fmt.Errorf("encoding nftables messages: %w", err)
+	}
+	return b, nil
 }
 
-// sendElements sends a batch of element additions to the kernel as one batch.
-func (c *netlinkConn) sendElements(b *elementBatch) error {
+// elements appends an element operation, elementsPerMessage elements per message.
+func (b *elementBatch) elements(o op) {
+	for start := 0; start < len(o.elems); start += elementsPerMessage {
+		b.setElements(o.fam, o.table, o.set, o.elems[start:min(start+elementsPerMessage, len(o.elems))], o.kind == opDeleteElements)
+	}
+}
+
+// captureConn stands in for the kernel behind a google/nftables connection: the messages a
+// Flush sends are appended to b (without their batch begin and end), and each is answered
+// with an acknowledgement.
+type captureConn struct {
+	b *elementBatch
+}
+
+// dial is the connection's nltest.Func: it receives the messages of a send, or nil when the
+// connection waits for the next answer.
+func (c *captureConn) dial(req []netlink.Message) ([]netlink.Message, error) {
+	for _, m := range req {
+		if t := uint16(m.Header.Type); t == unix.NFNL_MSG_BATCH_BEGIN || t == unix.NFNL_MSG_BATCH_END {
+			continue
+		}
+		c.b.message(uint16(m.Header.Type), m.Header.Flags, m.Data)
+	}
+	ack := netlink.Message{Header: netlink.Header{Type: netlink.Error}, Data: make([]byte, 4)}
+	return []netlink.Message{ack}, nil
+}
+
+// message appends a message of google/nftables's.
+func (b *elementBatch) message(typ uint16, flags netlink.HeaderFlags, data []byte) {
+	off := b.header(typ, flags)
+	b.buf = append(b.buf, data...)
+	b.endMessage(off)
+	if flags&netlink.Acknowledge != 0 {
+		b.messages++
+	}
+}
+
+// sendBatch sends a batch to the kernel with one sendmsg and waits for its answers.
+func (c *netlinkConn) sendBatch(b *elementBatch) error {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netNSFd})
 	if err != nil {
 		return fmt.Errorf("opening nftables netlink connection: %w", err)

@@ -122,18 +122,13 @@ type preparedStage struct {
 	err  error
 }
 
-// prepareStage marshals one stage: a stage of element additions only into an elementBatch
-// (rawbatch.go), any other through google/nftables.
+// prepareStage encodes one stage.
 func (c *netlinkConn) prepareStage(tx *Transaction) preparedStage {
-	if !slices.ContainsFunc(tx.ops, func(o op) bool { return o.kind != opAddElements }) {
-		b := encodeElements(tx)
-		return preparedStage{send: func() error { return c.sendElements(b) }}
-	}
-	b, err := c.prepare(tx)
+	b, err := encodeTransaction(tx)
 	if err != nil {
 		return preparedStage{err: err}
 	}
-	return preparedStage{send: func() error { return b.flush(tx) }}
+	return preparedStage{send: func() error { return c.sendBatch(b) }}
 }
 
 // applyPipelined applies the stages in order, each as one batch, marshalling the next stage
