@@ -59,7 +59,8 @@ type setKey struct {
 	name  string
 }
 
-// batcher queues a transaction's operations on one google/nftables connection.
+// batcher queues a transaction's operations other than elements on one google/nftables
+// connection (which encodeTransaction captures).
 type batcher struct {
 	conn *gnft.Conn
 	sets map[setKey]*gnft.Set

@@ -10,15 +10,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The element stages of a cold start (staged.go) hold nothing but element additions: ~120,000
-// of them at 10,000 Services x 10 endpoints. google/nftables marshals each element through
-// several intermediate attribute lists and copies every message again to send the batch,
-// which made marshalling the largest user-space cost of a cold start and most of its garbage.
-// elementBatch writes the same bytes (checked against google/nftables in rawbatch_test.go)
-// straight into one buffer, which is sent with one sendmsg.
+// A table holds ~120,000 elements at 10,000 Services x 10 endpoints. google/nftables marshals
+// each element through several intermediate attribute lists and copies every message again
+// to send a batch, which made marshalling the largest user-space cost of a cold start and
+// most of its garbage. rawBatch writes element messages itself, the same bytes (checked
+// against google/nftables in rawbatch_test.go), straight into one buffer; the few other
+// messages of a transaction (tables, sets, chains with their rules) are still marshalled by
+// google/nftables and copied into the buffer (captureConn). The buffer is sent with one
+// sendmsg.
 
-// elementBatch is a netlink batch of element additions, encoded as it is built.
-type elementBatch struct {
+// rawBatch is a netlink batch, encoded as it is built.
+type rawBatch struct {
 	buf []byte
 	// messages counts the messages asking for an acknowledgement.
 	messages int
@@ -28,15 +30,15 @@ type elementBatch struct {
 // subsystem.
 const nfnlBatchResID = unix.NFNL_SUBSYS_NFTABLES
 
-// newElementBatch starts a batch of about size bytes.
-func newElementBatch(size int) *elementBatch {
-	b := &elementBatch{buf: make([]byte, 0, size)}
+// newRawBatch starts a batch of about size bytes.
+func newRawBatch(size int) *rawBatch {
+	b := &rawBatch{buf: make([]byte, 0, size)}
 	b.control(unix.NFNL_MSG_BATCH_BEGIN)
 	return b
 }
 
 // control appends a batch begin or end message.
-func (b *elementBatch) control(typ uint16) {
+func (b *rawBatch) control(typ uint16) {
 	h := b.header(typ, netlink.Request)
 	b.buf = append(b.buf, unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, nfnlBatchResID)
 	b.endMessage(h)
@@ -44,7 +46,7 @@ func (b *elementBatch) control(typ uint16) {
 
 // header appends a netlink message header whose length endMessage fills in, and returns its
 // offset. Sequence numbers are left 0: the kernel answers each message with its header.
-func (b *elementBatch) header(typ uint16, flags netlink.HeaderFlags) int {
+func (b *rawBatch) header(typ uint16, flags netlink.HeaderFlags) int {
 	off := len(b.buf)
 	b.buf = binary.NativeEndian.AppendUint32(b.buf, 0)
 	b.buf = binary.NativeEndian.AppendUint16(b.buf, typ)
@@ -55,20 +57,20 @@ func (b *elementBatch) header(typ uint16, flags netlink.HeaderFlags) int {
 }
 
 // endMessage pads the message begun at off and writes its length.
-func (b *elementBatch) endMessage(off int) {
+func (b *rawBatch) endMessage(off int) {
 	b.pad()
 	binary.NativeEndian.PutUint32(b.buf[off:], uint32(len(b.buf)-off))
 }
 
 // pad aligns the buffer to 4 bytes.
-func (b *elementBatch) pad() {
+func (b *rawBatch) pad() {
 	for len(b.buf)%4 != 0 {
 		b.buf = append(b.buf, 0)
 	}
 }
 
 // beginAttr appends an attribute header whose length endAttr fills in.
-func (b *elementBatch) beginAttr(typ uint16) int {
+func (b *rawBatch) beginAttr(typ uint16) int {
 	off := len(b.buf)
 	b.buf = binary.NativeEndian.AppendUint16(b.buf, 0)
 	b.buf = binary.NativeEndian.AppendUint16(b.buf, typ)
@@ -76,13 +78,13 @@ func (b *elementBatch) beginAttr(typ uint16) int {
 }
 
 // endAttr writes the length of the attribute begun at off (its padded contents) and pads it.
-func (b *elementBatch) endAttr(off int) {
+func (b *rawBatch) endAttr(off int) {
 	binary.NativeEndian.PutUint16(b.buf[off:], uint16(len(b.buf)-off))
 	b.pad()
 }
 
 // attr appends an attribute holding data.
-func (b *elementBatch) attr(typ uint16, data string) {
+func (b *rawBatch) attr(typ uint16, data string) {
 	off := b.beginAttr(typ)
 	b.buf = append(b.buf, data...)
 	binary.NativeEndian.PutUint16(b.buf[off:], uint16(len(b.buf)-off))
@@ -90,7 +92,7 @@ func (b *elementBatch) attr(typ uint16, data string) {
 }
 
 // nested appends a nested attribute holding one attribute of type inner with data.
-func (b *elementBatch) nested(typ, inner uint16, data string) {
+func (b *rawBatch) nested(typ, inner uint16, data string) {
 	off := b.beginAttr(typ | unix.NLA_F_NESTED)
 	b.attr(inner, data)
 	b.endAttr(off)
@@ -98,7 +100,7 @@ func (b *elementBatch) nested(typ, inner uint16, data string) {
 
 // setElements appends one message adding (or, del, deleting) elems, at most
 // elementsPerMessage, in a set of table.
-func (b *elementBatch) setElements(fam *family, table string, spec *setSpec, elems []element, del bool) {
+func (b *rawBatch) setElements(fam *family, table string, spec *setSpec, elems []element, del bool) {
 	typ := uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
 	if del {
 		typ = uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELSETELEM)
@@ -119,7 +121,7 @@ func (b *elementBatch) setElements(fam *family, table string, spec *setSpec, ele
 
 // element appends one element as google/nftables does (its attribute type is its index); a
 // deletion carries only the key.
-func (b *elementBatch) element(spec *setSpec, index uint16, e element, del bool) {
+func (b *rawBatch) element(spec *setSpec, index uint16, e element, del bool) {
 	item := b.beginAttr(index | unix.NLA_F_NESTED)
 	b.nested(unix.NFTA_SET_ELEM_KEY, unix.NFTA_DATA_VALUE, e.key)
 	if spec.interval && e.keyEnd != "" {
@@ -156,7 +158,7 @@ func (b *elementBatch) element(spec *setSpec, index uint16, e element, del bool)
 }
 
 // finish ends the batch and returns its bytes.
-func (b *elementBatch) finish() []byte {
+func (b *rawBatch) finish() []byte {
 	b.control(unix.NFNL_MSG_BATCH_END)
 	return b.buf
 }
@@ -164,8 +166,8 @@ func (b *elementBatch) finish() []byte {
 // encodeTransaction encodes tx as one batch: element operations directly (generated ones a
 // bounded number at a time), every other operation through google/nftables, whose messages
 // are captured instead of sent (captureConn).
-func encodeTransaction(tx *Transaction) (*elementBatch, error) {
-	b := newElementBatch(128*tx.Operations() + 4096)
+func encodeTransaction(tx *Transaction) (*rawBatch, error) {
+	b := newRawBatch(128*tx.Operations() + 4096)
 	capture := &captureConn{b: b}
 	conn, err := gnft.New(gnft.WithTestDial(capture.dial))
 	if err != nil {
@@ -199,7 +201,7 @@ func encodeTransaction(tx *Transaction) (*elementBatch, error) {
 }
 
 // elements appends an element operation, elementsPerMessage elements per message.
-func (b *elementBatch) elements(o op) {
+func (b *rawBatch) elements(o op) {
 	for start := 0; start < len(o.elems); start += elementsPerMessage {
 		b.setElements(o.fam, o.table, o.set, o.elems[start:min(start+elementsPerMessage, len(o.elems))], o.kind == opDeleteElements)
 	}
@@ -209,7 +211,7 @@ func (b *elementBatch) elements(o op) {
 // Flush sends are appended to b (without their batch begin and end), and each is answered
 // with an acknowledgement.
 type captureConn struct {
-	b *elementBatch
+	b *rawBatch
 }
 
 // dial is the connection's nltest.Func: it receives the messages of a send, or nil when the
@@ -226,7 +228,7 @@ func (c *captureConn) dial(req []netlink.Message) ([]netlink.Message, error) {
 }
 
 // message appends a message of google/nftables's.
-func (b *elementBatch) message(typ uint16, flags netlink.HeaderFlags, data []byte) {
+func (b *rawBatch) message(typ uint16, flags netlink.HeaderFlags, data []byte) {
 	off := b.header(typ, flags)
 	b.buf = append(b.buf, data...)
 	b.endMessage(off)
@@ -236,7 +238,7 @@ func (b *elementBatch) message(typ uint16, flags netlink.HeaderFlags, data []byt
 }
 
 // sendBatch sends a batch to the kernel with one sendmsg and waits for its answers.
-func (c *netlinkConn) sendBatch(b *elementBatch) error {
+func (c *netlinkConn) sendBatch(b *rawBatch) error {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.netNSFd})
 	if err != nil {
 		return fmt.Errorf("opening nftables netlink connection: %w", err)
@@ -245,12 +247,12 @@ func (c *netlinkConn) sendBatch(b *elementBatch) error {
 	if err := sizeSocket(conn, len(b.buf), b.messages); err != nil {
 		return err
 	}
-	return sendElementBatch(conn, b)
+	return sendRawBatch(conn, b)
 }
 
-// sendElementBatch sends a finished batch on conn with one sendmsg and waits for every
+// sendRawBatch sends a finished batch on conn with one sendmsg and waits for every
 // acknowledgement; the first error the kernel reports is returned.
-func sendElementBatch(conn *netlink.Conn, b *elementBatch) error {
+func sendRawBatch(conn *netlink.Conn, b *rawBatch) error {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("getting the netlink socket: %w", err)
@@ -265,12 +267,12 @@ func sendElementBatch(conn *netlink.Conn, b *elementBatch) error {
 		err = serr
 	}
 	if err != nil {
-		return fmt.Errorf("sending a batch of %d element messages (%d bytes): %w", b.messages, len(batch), err)
+		return fmt.Errorf("sending a batch of %d messages (%d bytes): %w", b.messages, len(batch), err)
 	}
 	for acked := 0; acked < b.messages; {
 		msgs, err := conn.Receive()
 		if err != nil {
-			return fmt.Errorf("receiving the acknowledgements of %d element messages: %w", b.messages, err)
+			return fmt.Errorf("receiving the acknowledgements of %d messages: %w", b.messages, err)
 		}
 		for _, m := range msgs {
 			if m.Header.Type == netlink.Error {

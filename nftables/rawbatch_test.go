@@ -71,7 +71,7 @@ func parseBatch(t *testing.T, b []byte) []netlink.Message {
 func nlmsgAlign(n int) int { return (n + 3) &^ 3 }
 
 // TestElementBatchEncodesAsGoogleNFTables: for every set of a table (verdict maps, value maps,
-// plain sets, an interval set, with and without comments), the batch elementBatch encodes to
+// plain sets, an interval set, with and without comments), the batch rawBatch encodes to
 // add or delete its elements is the one google/nftables sends, message by message and byte
 // by byte (sequence numbers aside).
 func TestElementBatchEncodesAsGoogleNFTables(t *testing.T) {
@@ -83,7 +83,7 @@ func TestElementBatchEncodesAsGoogleNFTables(t *testing.T) {
 		sets++
 		for _, del := range []bool{false, true} {
 			want := gnftMessages(t, o.fam, o.set, o.elems, del)
-			b := newElementBatch(0)
+			b := newRawBatch(0)
 			b.setElements(o.fam, TableName, o.set, o.elems, del)
 			compareMessages(t, fmt.Sprintf("set %s (delete %t)", o.set.name, del), parseBatch(t, b.finish()), want)
 		}
@@ -120,7 +120,7 @@ func TestEncodedTransactionHoldsGoogleNFTablesMessages(t *testing.T) {
 			}
 			set := q.sets[setKey{fam: o.fam, table: o.table, name: o.set.name}]
 			noID := *set
-			noID.ID = 0 // elementBatch names the set only; the kernel finds it by name
+			noID.ID = 0 // rawBatch names the set only; the kernel finds it by name
 			if err := conn.SetAddElements(&noID, gels); err != nil {
 				t.Fatal(err)
 			}

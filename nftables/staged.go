@@ -11,10 +11,9 @@ import (
 )
 
 // A cold start builds a table of ~120,000 elements at 10,000 Services x 10 endpoints. Sent as
-// one batch, the whole batch exists three times in memory at once (our operations, the
-// library's marshalled messages, and the buffer they are concatenated into for the single
-// sendmsg a batch must fit in): the largest part of the proxy's peak memory. On a node
-// without our table (nor upstream's), the table can instead be built in stages, because
+// one batch, the whole encoded batch (~12 MB) must be in memory at once, since a batch is one
+// sendmsg. On a node without our table (nor upstream's), the table can instead be built in
+// stages, marshalling the next while the kernel applies the current one, because
 // nothing reaches a table's chains before it has base chains: the first batch creates the
 // table, its sets and its regular chains; the next ones add the elements, a bounded number
 // per batch; the last one adds the base chains, which hooks the complete table to the
