@@ -115,19 +115,10 @@ func (c *netlinkConn) ApplyStaged(tx *Transaction) (bool, error) {
 	return true, nil
 }
 
-// preparedStage is a stage marshalled and ready to send.
+// preparedStage is a stage encoded and ready to send.
 type preparedStage struct {
-	send func() error
-	err  error
-}
-
-// prepareStage encodes one stage.
-func (c *netlinkConn) prepareStage(tx *Transaction) preparedStage {
-	b, err := encodeTransaction(tx)
-	if err != nil {
-		return preparedStage{err: err}
-	}
-	return preparedStage{send: func() error { return c.sendBatch(b) }}
+	b   *rawBatch
+	err error
 }
 
 // applyPipelined applies the stages in order, each as one batch, marshalling the next stage
@@ -138,7 +129,8 @@ func (c *netlinkConn) applyPipelined(list []*Transaction) error {
 	go func() {
 		defer close(ready)
 		for _, tx := range list {
-			st := c.prepareStage(tx)
+			b, err := encodeTransaction(tx)
+			st := preparedStage{b: b, err: err}
 			select {
 			case ready <- st:
 			case <-stop:
@@ -159,7 +151,7 @@ func (c *netlinkConn) applyPipelined(list []*Transaction) error {
 		i++
 		err := st.err
 		if err == nil {
-			err = st.send()
+			err = c.sendBatch(st.b)
 		}
 		if err != nil {
 			return fmt.Errorf("stage %d of %d: %w", i, len(list), err)
