@@ -39,7 +39,9 @@ type familyConfig struct {
 	nodeIPs       []netip.Addr
 	mark          uint32
 	masqAll       bool
-	// names caches chain names (Sync is never concurrent).
+	// names caches chain names (Sync is never concurrent). It is written while ports are built
+	// (buildPort names every chain the port's elements lead to); generating elements, which a
+	// staged cold start does on its encoding goroutine, then only reads it.
 	names map[chainID]string
 }
 
