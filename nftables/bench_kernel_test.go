@@ -156,26 +156,33 @@ func peakHeapMiBDuring(fn func() error) (float64, error) {
 	return float64(<-peak) / (1 << 20), err
 }
 
-// BenchmarkKernelRestartSync: a new proxy's first sync over the table an earlier one left.
+// BenchmarkKernelRestartSync: a new proxy's first sync over the table an earlier one left. It
+// reports the peak of the heap's objects during the sync as BenchmarkKernelFirstFullSync does.
 func BenchmarkKernelRestartSync(b *testing.B) {
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			svcs, slices := benchWorld(n)
 			ns, remove := benchNetns(b)
 			defer remove()
+			svcs, slices := benchWorld(n)
 			first, _ := benchCore(b, ns, svcs, slices)
 			if err := first.SyncNow(context.Background()); err != nil {
 				b.Fatal(err)
 			}
+			var peak float64
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
+				svcs, slices := benchWorld(n)
 				core, _ := benchCore(b, ns, svcs, slices)
+				runtime.GC()
 				b.StartTimer()
-				if err := core.SyncNow(context.Background()); err != nil {
+				var err error
+				peak, err = peakHeapMiBDuring(func() error { return core.SyncNow(context.Background()) })
+				if err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(peak, "peak-heap-MiB")
 		})
 	}
 }
