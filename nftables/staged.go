@@ -11,7 +11,7 @@ import (
 )
 
 // A cold start builds a table of ~120,000 elements at 10,000 Services x 10 endpoints. Sent as
-// one batch, the whole encoded batch (~12 MB) must be in memory at once, since a batch is one
+// one batch, the whole encoded batch (~5.5 MB) must be in memory at once, since a batch is one
 // sendmsg. On a node without our table (nor upstream's), the table can instead be built in
 // stages, marshalling the next while the kernel applies the current one, because
 // nothing reaches a table's chains before it has base chains: the first batch creates the
