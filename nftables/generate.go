@@ -1,9 +1,6 @@
 package nftables
 
-import (
-	"slices"
-	"strings"
-)
+import "slices"
 
 // A new table's elements (~120,000 at 10,000 Services x 10 endpoints) are not copied into the
 // transaction: it holds a portElements, which generates them from the ports' states when the
@@ -74,8 +71,7 @@ func (g *portElements) split(n int) []*portElements {
 	return out
 }
 
-// ops generates the elements as one element addition per set, in the family's set order;
-// the elements of an interval set are sorted (`nft list` shows ranges in insertion order).
+// ops generates the elements as one element addition per set (setOps).
 func (g *portElements) ops() []op {
 	var units []unit
 	counts := map[string]int{}
@@ -99,19 +95,7 @@ func (g *portElements) ops() []op {
 			bySet[e.set] = append(bySet[e.set], e.el)
 		}
 	}
-	fam := g.fc.fam
-	out := make([]op, 0, len(bySet))
-	for _, spec := range fam.sets {
-		els := bySet[spec.name]
-		if len(els) == 0 {
-			continue
-		}
-		if spec.interval {
-			slices.SortFunc(els, func(a, b element) int { return strings.Compare(a.key, b.key) })
-		}
-		out = append(out, op{kind: opAddElements, fam: fam, table: TableName, set: spec, elems: els})
-	}
-	return out
+	return setOps(g.fc.fam, opAddElements, bySet)
 }
 
 // expanded returns the transaction with every generated element addition replaced by the

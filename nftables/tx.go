@@ -157,6 +157,24 @@ func (c *chain) renderHook() string {
 	return fmt.Sprintf(" { type %s hook %s priority %d ; }", c.base.typ, c.base.hook, c.base.priority)
 }
 
+// setOps returns one element operation of kind per set of fam with elements in bySet, in the
+// family's set order. The elements of an interval set are sorted: `nft list` shows ranges in
+// insertion order, which must not depend on map order.
+func setOps(fam *family, kind opKind, bySet map[string][]element) []op {
+	var out []op
+	for _, spec := range fam.sets {
+		els := bySet[spec.name]
+		if len(els) == 0 {
+			continue
+		}
+		if spec.interval {
+			slices.SortFunc(els, func(a, b element) int { return strings.Compare(a.key, b.key) })
+		}
+		out = append(out, op{kind: kind, fam: fam, table: TableName, set: spec, elems: els})
+	}
+	return out
+}
+
 // familyOps collects one family's incremental operations before they are ordered into a
 // transaction.
 type familyOps struct {
@@ -196,14 +214,7 @@ func (o *familyOps) appendTo(tx *Transaction) {
 		if kind == opAddElements {
 			src = o.adds
 		}
-		for _, spec := range fam.sets {
-			if els := src[spec.name]; len(els) > 0 {
-				if spec.interval { // `nft list` shows ranges in insertion order: keep it stable
-					slices.SortFunc(els, func(a, b element) int { return strings.Compare(a.key, b.key) })
-				}
-				tx.add(op{kind: kind, fam: fam, table: TableName, set: spec, elems: els})
-			}
-		}
+		tx.ops = append(tx.ops, setOps(fam, kind, src)...)
 	}
 	if o.all != nil && o.all.size() > 0 {
 		tx.add(op{kind: opAddElements, fam: fam, table: TableName, gen: o.all})
