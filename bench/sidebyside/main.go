@@ -28,6 +28,8 @@
 //     retransmitted SYN keeps its first conntrack entry. At 10 services ("small stage") and at
 //     N services. After a restart: the proxy is stopped, one more Service on the pod is created
 //     and the proxy started again over the rules it left; measured until that Service answers.
+//     At N services both are measured -sync-runs times (fresh, restart, fresh, ...) and the
+//     median reported with the range, unless the first took over a minute.
 //   - change latency: from just before the API write (a merge patch replacing the endpoints of a
 //     Service's slice with the pod) until a new connection to that Service answers; median of
 //     -change-samples Services, 2 s apart so each starts with the proxy idle.
@@ -77,6 +79,7 @@ type config struct {
 	results             string
 	command             string
 	changeSamples       int
+	syncRuns            int
 	connects            int
 	transferMiB         int
 	rateWorkers         int
@@ -103,6 +106,7 @@ func parseConfig() (config, error) {
 	flag.StringVar(&cfg.results, "results", "bench/results.md", "file the report is appended to (empty: none)")
 	flag.StringVar(&cfg.command, "command", "", "the command line recorded with the results (default: this one)")
 	flag.IntVar(&cfg.changeSamples, "change-samples", 5, "change-latency samples")
+	flag.IntVar(&cfg.syncRuns, "sync-runs", 3, "fresh and restart first syncs measured at full scale (median reported); repeats only when the first took at most a minute")
 	flag.IntVar(&cfg.connects, "connects", 50, "connections per connect-latency figure")
 	flag.IntVar(&cfg.transferMiB, "transfer-mib", 1024, "MiB sent in the throughput figure (256 MiB lasted ~0.25 s and varied with scheduling noise)")
 	flag.IntVar(&cfg.rateWorkers, "rate-workers", 4, "clients in the connection-rate figure")
@@ -116,6 +120,9 @@ func parseConfig() (config, error) {
 	}
 	if cfg.services < 20 || cfg.endpoints < 1 || cfg.changeSamples < 1 || cfg.changeSamples > cfg.services-12 {
 		return cfg, errors.New("need -services >= 20, -endpoints >= 1 and 1 <= -change-samples <= services-12")
+	}
+	if cfg.syncRuns < 1 {
+		return cfg, errors.New("-sync-runs must be at least 1")
 	}
 	if cfg.connects < 1 || cfg.transferMiB < 1 || cfg.rateWorkers < 1 || cfg.rateDuration <= 0 {
 		return cfg, errors.New("-connects, -transfer-mib, -rate-workers and -rate-duration must be positive")

@@ -237,8 +237,11 @@ func (b *bench) runLarge(impl proxyImpl, mode string, r *proxyResult) error {
 		}
 		return nil
 	}
-	r.restartSync, err = b.restart(impl, mode)
-	return err
+	if r.restartSync, err = b.restart(impl, mode); err != nil {
+		return err
+	}
+	b.repeatFirstSyncs(impl, mode, r)
+	return nil
 }
 
 // scrapeSyncMetricOnceExposed scrapes the sync metric, waiting up to 5 s for it to appear:
