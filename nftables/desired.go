@@ -71,7 +71,8 @@ type portState struct {
 
 // buildPort computes the desired state of one service port: a pure function of the port, its
 // endpoints, the node (for topology) and the port's previous state (for slot stability).
-func buildPort(fc *familyConfig, sp *proxier.ServicePort, eps []endpoints.Endpoint, node endpoints.Node, prev *portState) *portState {
+// When counts is not nil, the port's elements are added to it by set.
+func buildPort(fc *familyConfig, sp *proxier.ServicePort, eps []endpoints.Endpoint, node endpoints.Node, prev *portState, counts setCounts) *portState {
 	choice := endpoints.Choose(usableEndpoints(fc.fam, eps), sp.Policy(), node)
 	ps := &portState{sp: sp, hasAny: choice.HasAny}
 	var prevSlots [numLists][]netip.AddrPort
@@ -95,6 +96,7 @@ func buildPort(fc *familyConfig, sp *proxier.ServicePort, eps []endpoints.Endpoi
 		}
 	}
 	b := newPortBuilder(fc, ps, false)
+	b.counts = counts
 	b.build()
 	ps.units = make([]unitRef, len(b.units))
 	for i := range b.units {
@@ -159,6 +161,8 @@ type portBuilder struct {
 	chains  []chainID
 	// count is the number of elements generated (or, with elems false, that would be).
 	count int
+	// counts, when not nil, counts the elements by set.
+	counts setCounts
 	// scratch is reused to encode keys (each key then costs one allocation, its string).
 	scratch keyBuf
 }
@@ -228,6 +232,9 @@ func (b *portBuilder) beginUnit(kind, key string, size int) {
 // add adds an element to the current unit (nothing when only identities are generated).
 func (b *portBuilder) add(set string, el element) {
 	b.count++
+	if b.counts != nil {
+		b.counts[set]++
+	}
 	if !b.elems {
 		return
 	}
@@ -248,11 +255,14 @@ func (b *portBuilder) useChain(c chainID) string {
 
 // slotElements maps each slot of a frontend to its endpoint.
 func (b *portBuilder) slotElements(kind frontendKind, frontend string, slots []netip.AddrPort) {
-	b.count += len(slots)
+	set := kind.endpointsMap()
 	if !b.elems {
+		b.count += len(slots)
+		if b.counts != nil {
+			b.counts[set] += len(slots)
+		}
 		return
 	}
-	set := kind.endpointsMap()
 	for i, ap := range slots {
 		key := b.done(append(b.scratch[:0], frontend...).slot(uint32(i)))
 		b.add(set, element{key: key, value: b.done(b.scratch[:0].addr(ap.Addr()).port(ap.Port()))})

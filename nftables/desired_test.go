@@ -154,7 +154,7 @@ func TestBuildPort(t *testing.T) {
 	for _, tc := range buildPortCases {
 		t.Run(tc.name, func(t *testing.T) {
 			slice := makeSlice(tc.svc.Name, tc.eps...)
-			st := buildPort(fc, portOf(t, tc.svc), endpointsOf(t, slice), testEnvNode(), nil)
+			st := buildPort(fc, portOf(t, tc.svc), endpointsOf(t, slice), testEnvNode(), nil, nil)
 			elems, chains := renderPort(fc, st)
 			if d := diffLines(elems, tc.elems); d != "" {
 				t.Errorf("elements:%s", d)

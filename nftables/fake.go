@@ -23,11 +23,13 @@ var (
 	ErrBusy = errors.New("object in use")
 	// ErrInvalid: a malformed element or a reference to a missing chain or set.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrFull: the set already holds as many elements as its size (the kernel's ENFILE).
+	ErrFull = errors.New("set is full")
 )
 
 // Fake is an in-memory Conn. It applies a transaction atomically (all or nothing) with the
 // kernel's checks: missing or duplicate objects, rules and elements referring to missing chains
-// or sets, chains deleted while referenced, malformed or overlapping elements. Its state can
+// or sets, chains deleted while referenced, malformed or overlapping elements, full sets. Its state can
 // be dumped (Dump) and traced (Trace). It is safe for concurrent use.
 type Fake struct {
 	mu     sync.Mutex
@@ -213,6 +215,8 @@ func (t *fakeTable) changeElement(s *fakeSet, e element, del bool) error {
 		return fmt.Errorf("value length %d: %w", len(e.value), ErrInvalid)
 	case spec.interval && overlaps(spec, s.elems, e):
 		return fmt.Errorf("range overlaps another: %w", ErrExists)
+	case spec.size > 0 && len(s.elems) >= spec.size:
+		return fmt.Errorf("size %d: %w", spec.size, ErrFull)
 	}
 	s.elems[id] = e
 	return nil

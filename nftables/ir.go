@@ -315,6 +315,8 @@ type setSpec struct {
 	// dynamic marks a set updated from the packet path, with timeouts.
 	dynamic bool
 	comment string
+	// size, when not 0, is the most elements the kernel lets the set hold (see capacity.go).
+	size int
 }
 
 // element is one set or map element, encoded as the kernel stores it.

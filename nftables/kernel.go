@@ -185,6 +185,8 @@ func gnftSet(f *family, table *gnft.Table, s *setSpec) *gnft.Set {
 	}
 	if s.dynamic {
 		out.Dynamic, out.HasTimeout, out.Size = true, true, affinitySetSize
+	} else if s.size > 0 {
+		out.Size = uint32(s.size)
 	}
 	return out
 }

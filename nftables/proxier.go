@@ -201,29 +201,52 @@ func (p *Proxier) apply(tx *Transaction, own *ownCommit) error {
 // once tx is applied.
 func (p *Proxier) syncFamily(tx *Transaction, fc *familyConfig, co *proxier.Checkout, tracker *proxier.Tracker, req *proxier.SyncRequest) (*familyState, error) {
 	st := p.states[fc.fam.ipFamily]
-	if st == nil || req.Full {
-		if tracker == nil {
-			return nil, fmt.Errorf("syncing nftables: no tracker for IP family %s", fc.fam.ipFamily)
-		}
-		if st == nil {
-			st = newFamilyState(fc, tracker.ServicePortCount())
-			writeTableSetup(tx, fc)
-		}
+	noTracker := fmt.Errorf("syncing nftables: no tracker for IP family %s", fc.fam.ipFamily)
+	switch {
+	case st == nil && tracker == nil:
+		return nil, noTracker
+	case st == nil:
+		st = newTable(tx, fc, tracker, req.Node)
+	case req.Full && tracker == nil:
+		return nil, noTracker
+	case req.Full:
 		resync(st, tracker, req.Node)
-	} else {
+	default:
 		for i := range co.Changes {
 			ch := &co.Changes[i]
 			var next *portState
 			if ch.Current != nil {
-				next = buildPort(fc, ch.Current, ch.Endpoints, req.Node, st.ports[ch.Name])
+				next = buildPort(fc, ch.Current, ch.Endpoints, req.Node, st.ports[ch.Name], nil)
 			}
 			st.setPort(ch.Name, next)
 		}
 	}
 	ops := newFamilyOps(fc)
 	st.flush(ops)
+	if err := st.limits.overflow(ops); err != nil {
+		if tracker == nil {
+			return nil, fmt.Errorf("%w, and %w to build the table again with larger sets", err, noTracker)
+		}
+		klog.InfoS("Building the nftables table again with larger sets", "ipFamily", fc.fam.ipFamily, "reason", err.Error())
+		st = newTable(tx, fc, tracker, req.Node)
+		ops = newFamilyOps(fc)
+		st.flush(ops)
+	}
+	st.limits.record(ops)
 	ops.appendTo(tx)
 	return st, nil
+}
+
+// newTable returns the state of a new table holding the tracker's ports, and writes the
+// table's setup into tx, its sets sized for the elements the ports add (their elements follow
+// when the state is flushed).
+func newTable(tx *Transaction, fc *familyConfig, tracker *proxier.Tracker, node endpoints.Node) *familyState {
+	st := newFamilyState(fc, tracker.ServicePortCount())
+	resync(st, tracker, node)
+	specs := sizedSpecs(fc.fam, st.limits.counts)
+	st.limits = newSetLimits(specs, st.limits.counts)
+	writeTableSetup(tx, fc, specs)
+	return st
 }
 
 // resync makes st want exactly the ports the tracker holds. The ports are copied out of the
@@ -237,10 +260,11 @@ func resync(st *familyState, tracker *proxier.Tracker, node endpoints.Node) {
 	tracker.ForEach(func(sp *proxier.ServicePort, eps []endpoints.Endpoint) {
 		entries = append(entries, entry{sp: sp, eps: eps})
 	})
+	counts := st.freshCounts()
 	seen := make(map[endpoints.ServicePortName]bool, len(entries))
 	for _, e := range entries {
 		seen[e.sp.Name] = true
-		st.setPort(e.sp.Name, buildPort(st.fc, e.sp, e.eps, node, st.ports[e.sp.Name]))
+		st.setPort(e.sp.Name, buildPort(st.fc, e.sp, e.eps, node, st.ports[e.sp.Name], counts))
 	}
 	var gone []endpoints.ServicePortName
 	for name := range st.ports {
@@ -253,17 +277,18 @@ func resync(st *familyState, tracker *proxier.Tracker, node endpoints.Node) {
 	}
 }
 
-// writeTableSetup replaces the family's table by an empty one with every set and static chain,
-// and deletes upstream kube-proxy's table, all in tx (so packets never see a missing table).
-// Adding a table before deleting it makes the deletion succeed whether or not it existed.
-func writeTableSetup(tx *Transaction, fc *familyConfig) {
+// writeTableSetup replaces the family's table by an empty one with the sets (as declared in
+// specs) and every static chain, and deletes upstream kube-proxy's table, all in tx (so packets
+// never see a missing table). Adding a table before deleting it makes the deletion succeed
+// whether or not it existed.
+func writeTableSetup(tx *Transaction, fc *familyConfig, specs []*setSpec) {
 	fam := fc.fam
 	for _, name := range []string{TableName, UpstreamTableName} {
 		tx.add(op{kind: opAddTable, fam: fam, table: name})
 		tx.add(op{kind: opDeleteTable, fam: fam, table: name})
 	}
 	tx.add(op{kind: opAddTable, fam: fam, table: TableName})
-	for _, s := range fam.sets {
+	for _, s := range specs {
 		tx.add(op{kind: opAddSet, fam: fam, table: TableName, set: s})
 	}
 	for _, c := range fc.staticChains() {

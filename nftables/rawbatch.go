@@ -276,6 +276,9 @@ func sendRawBatch(conn *netlink.Conn, b *rawBatch) error {
 	}
 	for acked := 0; acked < b.messages; {
 		msgs, err := conn.Receive()
+		if errors.Is(err, unix.ENFILE) { // strerror says "too many open files in system"
+			return fmt.Errorf("receiving the acknowledgements of %d messages: a set is full (more elements than its size): %w", b.messages, err)
+		}
 		if err != nil {
 			return fmt.Errorf("receiving the acknowledgements of %d messages: %w", b.messages, err)
 		}

@@ -43,6 +43,8 @@ type familyState struct {
 	// elements the kernel held for it (nil: the kernel held none).
 	touched       map[unitRef]*portState
 	touchedChains map[chainID]bool
+	// limits are the sizes of the table's sets and an upper bound of their elements.
+	limits setLimits
 }
 
 // newFamilyState returns the state of an empty table, sized for about ports service ports.
@@ -57,7 +59,17 @@ func newFamilyState(fc *familyConfig, ports int) *familyState {
 		fresh:         true,
 		touched:       map[unitRef]*portState{},
 		touchedChains: map[chainID]bool{},
+		limits:        setLimits{counts: setCounts{}},
 	}
+}
+
+// freshCounts returns the element counts that the ports built for a table not yet created
+// add to (nil once the table exists: then the operations are counted).
+func (s *familyState) freshCounts() setCounts {
+	if s.fresh {
+		return s.limits.counts
+	}
+	return nil
 }
 
 // setPort records the desired state of one service port (nil: the port is gone).

@@ -9,8 +9,11 @@ import (
 )
 
 // manyServices adds n ClusterIP Services svc-<i> with two remote endpoints each.
-func manyServices(env *testEnv, n int) {
-	for i := range n {
+func manyServices(env *testEnv, n int) { servicesFrom(env, 0, n) }
+
+// servicesFrom adds the Services svc-<from> to svc-<to-1> of manyServices.
+func servicesFrom(env *testEnv, from, to int) {
+	for i := from; i < to; i++ {
 		name := fmt.Sprintf("svc-%d", i)
 		env.add(makeService(name, fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)),
 			makeSlice(name, ep{ip: fmt.Sprintf("10.2.%d.%d", i/250, i%250+1)}, ep{ip: fmt.Sprintf("10.3.%d.%d", i/250, i%250+1)}))
