@@ -275,9 +275,11 @@ func (c *SliceCache) EndpointsFor(svc types.NamespacedName) map[ServicePortName]
 // PortEndpointsFor is EndpointsFor as a list sorted by port name and protocol: the compact form
 // the tracker keeps (a map per Service cost more than its endpoints at 10,000 Services).
 func (c *SliceCache) PortEndpointsFor(svc types.NamespacedName) []PortEndpoints {
+	// A stored slice is never modified (an update replaces it) but the list holding them is:
+	// copy the list and merge without the lock, so that concurrent calls do not wait.
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	stored := c.services[svc]
+	stored := slices.Clone(c.services[svc])
+	c.mu.Unlock()
 	if len(stored) == 0 {
 		return nil
 	}

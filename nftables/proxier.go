@@ -249,22 +249,50 @@ func newTable(tx *Transaction, fc *familyConfig, tracker *proxier.Tracker, node 
 	return st
 }
 
+// buildChunkMin is the fewest ports buildPorts gives each goroutine.
+const buildChunkMin = 256
+
+// buildPorts builds the states of the tracker's ports (entries) in parallel (buildPort is a pure
+// function of its arguments; st is only read), adding their elements to st's fresh counts.
+func buildPorts(st *familyState, entries []trackedPort, node endpoints.Node) []*portState {
+	built := make([]*portState, len(entries))
+	chunks := proxier.ChunkCount(len(entries), buildChunkMin)
+	counts := make([]setCounts, chunks)
+	proxier.RunChunks(len(entries), chunks, func(c, lo, hi int) {
+		if st.fresh {
+			counts[c] = setCounts{}
+		}
+		for i := lo; i < hi; i++ {
+			e := entries[i]
+			built[i] = buildPort(st.fc, e.sp, e.eps, node, st.ports[e.sp.Name], counts[c])
+		}
+	})
+	for _, c := range counts {
+		for set, n := range c {
+			st.limits.counts[set] += n
+		}
+	}
+	return built
+}
+
+// trackedPort is a service port of the tracker with its endpoints.
+type trackedPort struct {
+	sp  *proxier.ServicePort
+	eps []endpoints.Endpoint
+}
+
 // resync makes st want exactly the ports the tracker holds. The ports are copied out of the
 // tracker first, so that its lock is not held while building.
 func resync(st *familyState, tracker *proxier.Tracker, node endpoints.Node) {
-	type entry struct {
-		sp  *proxier.ServicePort
-		eps []endpoints.Endpoint
-	}
-	entries := make([]entry, 0, tracker.ServicePortCount())
+	entries := make([]trackedPort, 0, tracker.ServicePortCount())
 	tracker.ForEach(func(sp *proxier.ServicePort, eps []endpoints.Endpoint) {
-		entries = append(entries, entry{sp: sp, eps: eps})
+		entries = append(entries, trackedPort{sp: sp, eps: eps})
 	})
-	counts := st.freshCounts()
+	built := buildPorts(st, entries, node)
 	seen := make(map[endpoints.ServicePortName]bool, len(entries))
-	for _, e := range entries {
+	for i, e := range entries {
 		seen[e.sp.Name] = true
-		st.setPort(e.sp.Name, buildPort(st.fc, e.sp, e.eps, node, st.ports[e.sp.Name], counts))
+		st.setPort(e.sp.Name, built[i])
 	}
 	var gone []endpoints.ServicePortName
 	for name := range st.ports {

@@ -63,15 +63,6 @@ func newFamilyState(fc *familyConfig, ports int) *familyState {
 	}
 }
 
-// freshCounts returns the element counts that the ports built for a table not yet created
-// add to (nil once the table exists: then the operations are counted).
-func (s *familyState) freshCounts() setCounts {
-	if s.fresh {
-		return s.limits.counts
-	}
-	return nil
-}
-
 // setPort records the desired state of one service port (nil: the port is gone).
 func (s *familyState) setPort(name endpoints.ServicePortName, next *portState) {
 	prev := s.ports[name]

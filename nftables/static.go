@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"net/netip"
+	"sync"
 
 	"github.com/nodeproxy/nodeproxy/proxier"
 )
@@ -39,22 +40,18 @@ type familyConfig struct {
 	nodeIPs       []netip.Addr
 	mark          uint32
 	masqAll       bool
-	// names caches chain names (Sync is never concurrent). It is written while ports are built
-	// (buildPort names every chain the port's elements lead to); generating elements, which a
-	// staged cold start does on its encoding goroutine, then only reads it.
-	names map[chainID]string
+	// names caches chain names (chainID to string). Ports are built on several goroutines
+	// (resync), and elements generated on the staged cold start's encoding goroutine.
+	names sync.Map
 }
 
 // chainName returns c's name, computed once.
 func (fc *familyConfig) chainName(c chainID) string {
-	name, ok := fc.names[c]
-	if !ok {
-		if fc.names == nil {
-			fc.names = map[chainID]string{}
-		}
-		name = c.name()
-		fc.names[c] = name
+	if name, ok := fc.names.Load(c); ok {
+		return name.(string)
 	}
+	name := c.name()
+	fc.names.Store(c, name)
 	return name
 }
 

@@ -184,20 +184,38 @@ func (t *Tracker) PendingCounts() (services, endpointSlices int) {
 	return len(t.pendingServices), len(t.pendingEndpoints)
 }
 
+// checkoutChunkMin is the fewest Services a Checkout gives each goroutine: below it one
+// goroutine does them all (a change is a few microseconds of work).
+const checkoutChunkMin = 512
+
 // Checkout moves every pending change into the applied state and returns the service ports
-// whose rules must change. Call it from the sync loop only.
+// whose rules must change. Call it from the sync loop only. The Services are looked at in
+// parallel (ChunkCount); the applied state is then written by this goroutine alone.
 func (t *Tracker) Checkout() *Checkout {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := &Checkout{Family: t.family, ServiceChanges: len(t.pendingServices), EndpointChanges: len(t.pendingEndpoints)}
+	names := make([]types.NamespacedName, 0, len(t.pendingServices)+len(t.pendingEndpoints))
 	for nn := range t.pendingServices {
-		out.Changes = t.checkoutService(nn, out.Changes)
+		names = append(names, nn)
 	}
 	for nn := range t.pendingEndpoints {
-		if _, done := t.pendingServices[nn]; !done {
-			out.Changes = t.checkoutService(nn, out.Changes)
+		if _, dup := t.pendingServices[nn]; !dup {
+			names = append(names, nn)
 		}
 	}
+	nexts := make([]*appliedService, len(names))
+	chunks := ChunkCount(len(names), checkoutChunkMin)
+	changes := make([][]ServicePortChange, chunks)
+	RunChunks(len(names), chunks, func(c, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			nexts[i], changes[c] = t.nextService(names[i], changes[c])
+		}
+	})
+	for i, nn := range names {
+		t.commitService(nn, nexts[i])
+	}
+	out.Changes = slices.Concat(changes...)
 	for _, ts := range t.triggerTimes {
 		if out.OldestTrigger.IsZero() || ts.Before(out.OldestTrigger) {
 			out.OldestTrigger = ts
@@ -210,8 +228,9 @@ func (t *Tracker) Checkout() *Checkout {
 	return out
 }
 
-// checkoutService applies one Service's pending state and appends its changed ports to changes.
-func (t *Tracker) checkoutService(nn types.NamespacedName, changes []ServicePortChange) []ServicePortChange {
+// nextService returns one Service's state with its pending changes applied, and appends its
+// changed ports to changes. It only reads the tracker (Checkout runs it concurrently).
+func (t *Tracker) nextService(nn types.NamespacedName, changes []ServicePortChange) (*appliedService, []ServicePortChange) {
 	old := t.applied[nn]
 	if old == nil {
 		old = &appliedService{}
@@ -236,13 +255,21 @@ func (t *Tracker) checkoutService(nn types.NamespacedName, changes []ServicePort
 			changes = append(changes, ServicePortChange{Name: prev.Name, Previous: prev, PreviousEndpoints: old.endpointsOf(prev.Name)})
 		}
 	}
-	t.servicePortCount += len(next.ports) - len(old.ports)
+	return next, changes
+}
+
+// commitService makes next the applied state of nn (a Service without ports and endpoints is
+// forgotten).
+func (t *Tracker) commitService(nn types.NamespacedName, next *appliedService) {
+	if old := t.applied[nn]; old != nil {
+		t.servicePortCount -= len(old.ports)
+	}
+	t.servicePortCount += len(next.ports)
 	if len(next.ports) == 0 && len(next.endpoints) == 0 {
 		delete(t.applied, nn)
 	} else {
 		t.applied[nn] = next
 	}
-	return changes
 }
 
 // ForEach calls fn for every applied service port with its endpoints, in no particular order.

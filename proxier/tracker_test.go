@@ -3,6 +3,7 @@ package proxier
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -195,5 +196,47 @@ func TestTrackerTriggerTime(t *testing.T) {
 	}
 	if c := tr.Checkout(); !c.OldestTrigger.IsZero() {
 		t.Errorf("second checkout kept trigger time %v", c.OldestTrigger)
+	}
+}
+
+// TestCheckoutOfManyServicesInParallel: a Checkout large enough to run on several goroutines
+// returns every changed port once, in name order, with its endpoints, and leaves the applied
+// state complete (run with -race, it also checks the goroutines share nothing they write).
+func TestCheckoutOfManyServicesInParallel(t *testing.T) {
+	procs := runtime.GOMAXPROCS(4)
+	t.Cleanup(func() { runtime.GOMAXPROCS(procs) })
+	const n = 4 * checkoutChunkMin
+	tr := NewTracker(v1.IPv4Protocol, "node-a")
+	for i := range n {
+		name := fmt.Sprintf("svc-%04d", i)
+		tr.UpdateService(nil, testService("ns", name, fmt.Sprintf("10.96.%d.%d", i/250, i%250+1), 80))
+		tr.UpdateEndpointSlice(testSlice("ns", name, name+"-1", []int32{80}, fmt.Sprintf("10.1.%d.%d", i/250, i%250+1)), false)
+	}
+	c := tr.Checkout()
+	if len(c.Changes) != n || tr.ServicePortCount() != n {
+		t.Fatalf("%d changes, %d applied ports; want %d each", len(c.Changes), tr.ServicePortCount(), n)
+	}
+	for i, ch := range c.Changes {
+		want := fmt.Sprintf("svc-%04d", i)
+		if ch.Name.Name != want || ch.Current == nil || ch.Previous != nil || len(ch.Endpoints) != 1 ||
+			ch.Endpoints[0].IP.String() != fmt.Sprintf("10.1.%d.%d", i/250, i%250+1) {
+			t.Fatalf("change %d: %s current=%v previous=%v endpoints=%v; want %s, new, one endpoint", i, ch.Name, ch.Current != nil, ch.Previous != nil, ch.Endpoints, want)
+		}
+	}
+	for i := 0; i < n; i += 2 { // every other Service gets a second endpoint
+		name := fmt.Sprintf("svc-%04d", i)
+		tr.UpdateEndpointSlice(testSlice("ns", name, name+"-1", []int32{80}, fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), "10.2.0.1"), false)
+	}
+	c = tr.Checkout()
+	if len(c.Changes) != n/2 {
+		t.Fatalf("%d changes after updating %d Services, want %d", len(c.Changes), n/2, n/2)
+	}
+	for _, ch := range c.Changes {
+		if len(ch.Endpoints) != 2 || len(ch.PreviousEndpoints) != 1 {
+			t.Fatalf("change %s: %d endpoints (previously %d), want 2 (1)", ch.Name, len(ch.Endpoints), len(ch.PreviousEndpoints))
+		}
+	}
+	if c := tr.Checkout(); len(c.Changes) != 0 {
+		t.Errorf("a Checkout without events has %d changes", len(c.Changes))
 	}
 }
