@@ -250,7 +250,7 @@ func reflectServices(ctx context.Context, wg *sync.WaitGroup, client kubernetes.
 	store := newEventStore(events, serviceStubs)
 	lw := listWatch(func(o *metav1.ListOptions) {
 		o.LabelSelector, o.FieldSelector = serviceLabelSelector(), serviceFieldSelector()
-	}, streamedOr(client.CoreV1().RESTClient(), "services", store,
+	}, streamedOr(client.CoreV1().RESTClient(), "services", store, serviceFilter,
 		func() *v1.Service { return &v1.Service{} },
 		func(m metav1.ListMeta) runtime.Object { return &v1.ServiceList{ListMeta: m} },
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -268,7 +268,7 @@ func reflectEndpointSlices(ctx context.Context, wg *sync.WaitGroup, client kuber
 	store := newEventStore(events, endpointSliceStubs)
 	lw := listWatch(func(o *metav1.ListOptions) {
 		o.LabelSelector = endpointSliceLabelSelector()
-	}, streamedOr(client.DiscoveryV1().RESTClient(), "endpointslices", store,
+	}, streamedOr(client.DiscoveryV1().RESTClient(), "endpointslices", store, endpointSliceFilter,
 		func() *discovery.EndpointSlice { return &discovery.EndpointSlice{} },
 		func(m metav1.ListMeta) runtime.Object { return &discovery.EndpointSliceList{ListMeta: m} },
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {

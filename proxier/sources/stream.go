@@ -57,6 +57,8 @@ type streamedList[T protoItem] struct {
 	// not protobuf, nothing else) into the list object the reflector expects.
 	newItem func() T
 	newList func(metav1.ListMeta) runtime.Object
+	// lean drops from each item's encoding what the proxy never reads (lean.go).
+	lean leanFilter
 }
 
 // listFunc lists one page of a resource.
@@ -64,13 +66,13 @@ type listFunc func(context.Context, metav1.ListOptions) (runtime.Object, error)
 
 // streamedOr returns a list function streaming resource through rc into sink, or typed (the
 // client's own list) when rc is not a real REST client.
-func streamedOr[T protoItem](rc rest.Interface, resource string, sink listSink[T],
+func streamedOr[T protoItem](rc rest.Interface, resource string, sink listSink[T], lean leanFilter,
 	newItem func() T, newList func(metav1.ListMeta) runtime.Object, typed listFunc) listFunc {
 	client := restClient(rc)
 	if client == nil {
 		return typed
 	}
-	l := &streamedList[T]{client: client, resource: resource, sink: sink, newItem: newItem, newList: newList}
+	l := &streamedList[T]{client: client, resource: resource, sink: sink, newItem: newItem, newList: newList, lean: lean}
 	return l.list
 }
 
@@ -163,7 +165,8 @@ func (l *streamedList[T]) readEnvelope(s *protoStream) (metav1.ListMeta, error) 
 // delivering each item as soon as it is decoded.
 func (l *streamedList[T]) readList(s *protoStream) (metav1.ListMeta, error) {
 	var meta metav1.ListMeta
-	var buf []byte
+	var buf, lean []byte
+	var scratch leanScratch
 	for s.left > 0 {
 		field, wire, err := s.tag()
 		if err != nil {
@@ -184,8 +187,15 @@ func (l *streamedList[T]) readList(s *protoStream) (metav1.ListMeta, error) {
 			}
 			continue
 		}
+		data := buf
+		if l.lean != nil {
+			if lean, err = l.lean.filter(lean[:0], buf, &scratch, 0); err != nil {
+				return meta, fmt.Errorf("decoding a list item: %w", err)
+			}
+			data = lean
+		}
 		item := l.newItem()
-		if err := item.Unmarshal(buf); err != nil { // copies what it keeps: buf is reused
+		if err := item.Unmarshal(data); err != nil { // copies what it keeps: buffers are reused
 			return meta, fmt.Errorf("decoding a list item: %w", err)
 		}
 		if err := l.sink.listedItem(item); err != nil {
