@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	discovery "k8s.io/api/discovery/v1"
+
 	"github.com/nodeproxy/nodeproxy/proxier"
 )
 
@@ -173,4 +175,30 @@ func mapEntryKey(entry []byte) ([]byte, error) {
 		entry = entry[n+size:]
 	}
 	return nil, nil
+}
+
+// newEndpointSlice returns an EndpointSlice to decode encoded into, its endpoint list sized for
+// the endpoints encoded holds: decoding appends each endpoint, and growing the list from
+// nothing allocated three times the memory the endpoints need.
+func newEndpointSlice(encoded []byte) *discovery.EndpointSlice {
+	const endpointsField = 2
+	n := 0
+	for len(encoded) > 0 {
+		tag, k := binary.Uvarint(encoded)
+		if k <= 0 {
+			break
+		}
+		size, err := fieldSize(encoded[k:], int(tag&7))
+		if err != nil {
+			break // Unmarshal reports it
+		}
+		if tag>>3 == endpointsField {
+			n++
+		}
+		encoded = encoded[k+size:]
+	}
+	if n == 0 {
+		return &discovery.EndpointSlice{}
+	}
+	return &discovery.EndpointSlice{Endpoints: make([]discovery.Endpoint, 0, n)}
 }

@@ -138,3 +138,33 @@ func TestLeanFilterRefusesMalformedItems(t *testing.T) {
 		}
 	}
 }
+
+// TestNewEndpointSliceIsSizedForItsEndpoints: the slice decoded into has room for exactly the
+// encoded endpoints, and decodes to what a plain EndpointSlice does.
+func TestNewEndpointSliceIsSizedForItsEndpoints(t *testing.T) {
+	for _, n := range []int{0, 1, 10} {
+		slice := &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "s"}, AddressType: discovery.AddressTypeIPv4,
+			Ports: []discovery.EndpointPort{{Port: ptr.To(int32(80))}}}
+		for i := range n {
+			slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{Addresses: []string{"10.0.0." + string(rune('1'+i))}})
+		}
+		data, err := slice.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := newEndpointSlice(data)
+		if cap(got.Endpoints) != n {
+			t.Errorf("%d endpoints: capacity %d", n, cap(got.Endpoints))
+		}
+		plain := &discovery.EndpointSlice{}
+		if err := got.Unmarshal(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := plain.Unmarshal(data); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, plain) {
+			t.Errorf("%d endpoints: decoded %+v, want %+v", n, got, plain)
+		}
+	}
+}

@@ -33,10 +33,13 @@ type eventStore[T runtime.Object] struct {
 	kind   stubKind[T]
 	mu     sync.Mutex
 	known  map[string]objectStub
-	// streamed are the keys a streamed list (stream.go) delivered since it began; the
-	// reflector's Replace, which then receives no items, completes that list.
-	streamed map[string]bool
-	synced   atomic.Bool
+	// streaming is true from the start of a streamed list (stream.go) until the reflector's
+	// Replace, which then receives no items, completes it. streamed are the keys it delivered,
+	// kept only when the store knew objects as it began (a list into an empty store lists all
+	// the store knows at its end: at 10,000 objects the keys cost a map of 10,000 strings).
+	streaming bool
+	streamed  map[string]bool
+	synced    atomic.Bool
 }
 
 // objectStub is what an eventStore keeps of an object besides its key.
@@ -107,7 +110,10 @@ func (s *eventStore[T]) Delete(obj any) error {
 // beginStreamedList implements listSink: a list starts whose items come through listedItem.
 func (s *eventStore[T]) beginStreamedList() {
 	s.mu.Lock()
-	s.streamed = map[string]bool{}
+	s.streaming, s.streamed = true, nil
+	if len(s.known) > 0 {
+		s.streamed = make(map[string]bool, len(s.known))
+	}
 	s.mu.Unlock()
 }
 
@@ -115,7 +121,7 @@ func (s *eventStore[T]) beginStreamedList() {
 // known (and are updated or deleted by the next list).
 func (s *eventStore[T]) abandonStreamedList() {
 	s.mu.Lock()
-	s.streamed = nil
+	s.streaming, s.streamed = false, nil
 	s.mu.Unlock()
 }
 
@@ -126,10 +132,12 @@ func (s *eventStore[T]) listedItem(obj T) error {
 		return fmt.Errorf("%s store: %w", s.events.kind, err)
 	}
 	s.mu.Lock()
-	if s.streamed == nil {
-		s.streamed = map[string]bool{}
+	if !s.streaming { // not begun (cannot happen): keep the keys, Replace then deletes the others
+		s.streaming, s.streamed = true, map[string]bool{}
 	}
-	s.streamed[key] = true
+	if s.streamed != nil {
+		s.streamed[key] = true
+	}
 	s.mu.Unlock()
 	s.deliver(obj, key)
 	return nil
@@ -140,9 +148,10 @@ func (s *eventStore[T]) listedItem(obj T) error {
 // added or updated; the store is synced afterwards.
 func (s *eventStore[T]) Replace(list []any, _ string) error {
 	s.mu.Lock()
-	listed := s.streamed
-	s.streamed = nil
+	listed, streaming := s.streamed, s.streaming
+	s.streaming, s.streamed = false, nil
 	s.mu.Unlock()
+	everyKnownListed := streaming && listed == nil // a streamed list into an empty store
 	if listed == nil {
 		listed = make(map[string]bool, len(list))
 	}
@@ -158,7 +167,7 @@ func (s *eventStore[T]) Replace(list []any, _ string) error {
 	s.mu.Lock()
 	var gone []T
 	for key, stub := range s.known {
-		if !listed[key] {
+		if !everyKnownListed && !listed[key] {
 			gone = append(gone, s.stubbed(key, stub))
 			delete(s.known, key)
 		}
@@ -251,7 +260,7 @@ func reflectServices(ctx context.Context, wg *sync.WaitGroup, client kubernetes.
 	lw := listWatch(func(o *metav1.ListOptions) {
 		o.LabelSelector, o.FieldSelector = serviceLabelSelector(), serviceFieldSelector()
 	}, streamedOr(client.CoreV1().RESTClient(), "services", store, serviceFilter,
-		func() *v1.Service { return &v1.Service{} },
+		func([]byte) *v1.Service { return &v1.Service{} },
 		func(m metav1.ListMeta) runtime.Object { return &v1.ServiceList{ListMeta: m} },
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return client.CoreV1().Services("").List(ctx, o)
@@ -269,7 +278,7 @@ func reflectEndpointSlices(ctx context.Context, wg *sync.WaitGroup, client kuber
 	lw := listWatch(func(o *metav1.ListOptions) {
 		o.LabelSelector = endpointSliceLabelSelector()
 	}, streamedOr(client.DiscoveryV1().RESTClient(), "endpointslices", store, endpointSliceFilter,
-		func() *discovery.EndpointSlice { return &discovery.EndpointSlice{} },
+		newEndpointSlice,
 		func(m metav1.ListMeta) runtime.Object { return &discovery.EndpointSliceList{ListMeta: m} },
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return client.DiscoveryV1().EndpointSlices("").List(ctx, o)

@@ -53,9 +53,10 @@ type streamedList[T protoItem] struct {
 	client   *rest.RESTClient
 	resource string
 	sink     listSink[T]
-	// newItem returns an empty item; newList wraps list metadata (and, for a response that is
+	// newItem returns an empty item to decode encoded into (sized for it where that saves
+	// growing slices while decoding); newList wraps list metadata (and, for a response that is
 	// not protobuf, nothing else) into the list object the reflector expects.
-	newItem func() T
+	newItem func(encoded []byte) T
 	newList func(metav1.ListMeta) runtime.Object
 	// lean drops from each item's encoding what the proxy never reads (lean.go).
 	lean leanFilter
@@ -67,7 +68,7 @@ type listFunc func(context.Context, metav1.ListOptions) (runtime.Object, error)
 // streamedOr returns a list function streaming resource through rc into sink, or typed (the
 // client's own list) when rc is not a real REST client.
 func streamedOr[T protoItem](rc rest.Interface, resource string, sink listSink[T], lean leanFilter,
-	newItem func() T, newList func(metav1.ListMeta) runtime.Object, typed listFunc) listFunc {
+	newItem func(encoded []byte) T, newList func(metav1.ListMeta) runtime.Object, typed listFunc) listFunc {
 	client := restClient(rc)
 	if client == nil {
 		return typed
@@ -194,7 +195,7 @@ func (l *streamedList[T]) readList(s *protoStream) (metav1.ListMeta, error) {
 			}
 			data = lean
 		}
-		item := l.newItem()
+		item := l.newItem(data)
 		if err := item.Unmarshal(data); err != nil { // copies what it keeps: buffers are reused
 			return meta, fmt.Errorf("decoding a list item: %w", err)
 		}

@@ -83,7 +83,7 @@ func serviceLister(t *testing.T, handler http.HandlerFunc) (*streamedList[*v1.Se
 	}
 	sink := newSinkRecorder()
 	return &streamedList[*v1.Service]{client: client, resource: "services", sink: sink,
-		newItem: func() *v1.Service { return &v1.Service{} },
+		newItem: func([]byte) *v1.Service { return &v1.Service{} },
 		newList: func(m metav1.ListMeta) runtime.Object { return &v1.ServiceList{ListMeta: m} }}, sink
 }
 
@@ -215,6 +215,44 @@ func TestStreamedRelistDeletesWhatItDidNotDeliver(t *testing.T) {
 	}
 	if last := names(rec.snapshot()); last[len(last)-1] != "delete Service default/b" {
 		t.Errorf("after an abandoned stream, events end %v, want b deleted", last[len(last)-2:])
+	}
+}
+
+// TestStreamedListIntoAnEmptyStore: a first streamed list keeps no keys, deletes nothing and
+// syncs the store; an abandoned first list followed by a relist still deletes what the relist
+// did not deliver.
+func TestStreamedListIntoAnEmptyStore(t *testing.T) {
+	rec := newRecorder()
+	store := newEventStore(serviceEvents(rec), serviceStubs)
+	store.beginStreamedList()
+	for _, name := range []string{"a", "b"} {
+		if err := store.listedItem(testService(name, "10.0.0.1", nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if store.streamed != nil {
+		t.Errorf("a list into an empty store keeps %d keys", len(store.streamed))
+	}
+	if err := store.Replace(nil, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(rec.snapshot()), []string{"add Service default/a", "add Service default/b"}; !slices.Equal(got, want) || !store.HasSynced() {
+		t.Fatalf("events = %v (synced %t), want %v and synced", got, store.HasSynced(), want)
+	}
+
+	rec = newRecorder()
+	store = newEventStore(serviceEvents(rec), serviceStubs)
+	store.beginStreamedList()
+	_ = store.listedItem(testService("a", "10.0.0.1", nil))
+	store.abandonStreamedList()
+	store.beginStreamedList()
+	_ = store.listedItem(testService("b", "10.0.0.2", nil))
+	if err := store.Replace(nil, "2"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"add Service default/a", "add Service default/b", "delete Service default/a"}
+	if got := names(rec.snapshot()); !slices.Equal(got, want) {
+		t.Fatalf("after an abandoned first list: events = %v, want %v", got, want)
 	}
 }
 
