@@ -16,8 +16,8 @@ import (
 // The size is also a limit: the kernel refuses elements beyond it (ENFILE). So each set is
 // created with room to grow (sizeFor), the family's state keeps an upper bound of each set's
 // elements through every sync, and a sync that would take a set past its size builds the
-// family's table again with new sizes instead (in one batch, as after a restart), which
-// happens each time a set has grown by half since its table was created.
+// tables again with new sizes instead (in one batch, as after a restart), which happens each
+// time a set has grown by half since its table was created.
 
 // minSetSize is the smallest size a set is created with (~16 KiB of kernel buckets).
 const minSetSize = 1024

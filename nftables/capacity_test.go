@@ -1,11 +1,15 @@
 package nftables
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"github.com/nodeproxy/nodeproxy/proxier"
 )
 
 // setSize returns the size the Fake's IPv4 table declares for a set (0: none or no set).
@@ -105,4 +109,68 @@ func TestKernelGrowingPastASetSize(t *testing.T) {
 func firstLines(s string, n int) string {
 	lines := strings.SplitN(s, "\n", n+1)
 	return strings.Join(lines[:min(n, len(lines))], "\n")
+}
+
+// TestOutgrowingASetBuildsEveryFamilyAgain: when the IPv4 table outgrows a set in the same
+// sync that changes IPv6 chains (a Service going from 3 to 2 endpoints), both tables are built
+// again in one transaction, which the Fake accepts with the kernel's ordering checks.
+func TestOutgrowingASetBuildsEveryFamilyAgain(t *testing.T) {
+	cfg := testConfig()
+	cfg.Families = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	fake := NewFake()
+	p, err := NewWithConn(cfg, fake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v4 := &testEnv{t: t, tracker: proxier.NewTracker(v1.IPv4Protocol, testNode)}
+	v6 := proxier.NewTracker(v1.IPv6Protocol, testNode)
+	six := func(ips ...string) {
+		svc := makeService("six", "fd00:30::1")
+		svc.Spec.ClusterIPs = []string{"fd00:30::1"}
+		svc.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
+		var eps []ep
+		for _, ip := range ips {
+			eps = append(eps, ep{ip: ip})
+		}
+		slice := makeSlice("six", eps...)
+		slice.AddressType = discovery.AddressTypeIPv6
+		v6.UpdateService(nil, svc)
+		v6.UpdateEndpointSlice(slice, false)
+	}
+	sync := func(full bool) {
+		t.Helper()
+		req := &proxier.SyncRequest{Full: full, Node: testEnvNode(),
+			Checkouts: []*proxier.Checkout{v4.tracker.Checkout(), v6.Checkout()}, Trackers: []*proxier.Tracker{v4.tracker, v6}}
+		if err := p.Sync(context.Background(), req); err != nil {
+			t.Fatalf("Sync(full=%t): %v", full, err)
+		}
+	}
+	manyServices(v4, 600) // vip-endpoints: 1,200 elements, size 1,800
+	six("fd00:2::1", "fd00:2::2", "fd00:2::3")
+	sync(true)
+	servicesFrom(v4, 600, 1000) // 2,000: past the size
+	six("fd00:2::1", "fd00:2::2")
+	sync(false)
+	replaced := map[*family]bool{}
+	for _, o := range fake.LastTransaction().ops {
+		if o.kind == opDeleteTable && o.table == TableName {
+			replaced[o.fam] = true
+		}
+	}
+	if len(replaced) != 2 {
+		t.Errorf("the sync replaced %d families' tables, want both", len(replaced))
+	}
+	if got := len(fake.Elements(v1.IPv4Protocol, "vip-endpoints")); got != 2000 {
+		t.Errorf("IPv4 vip-endpoints holds %d elements, want 2000", got)
+	}
+	if got := setSize(fake, "vip-endpoints"); got != 3000 {
+		t.Errorf("IPv4 vip-endpoints size %d, want 3000", got)
+	}
+	if got := fake.Elements(v1.IPv6Protocol, "vip-endpoints"); len(got) != 2 {
+		t.Errorf("IPv6 vip-endpoints = %v, want the 2 endpoints of six", got)
+	}
+	chains := strings.Join(fake.Chains(v1.IPv6Protocol), " ")
+	if !strings.Contains(chains, "dnat-vip-2") || strings.Contains(chains, "dnat-vip-3") {
+		t.Errorf("IPv6 chains %s, want dnat-vip-2 and no dnat-vip-3", chains)
+	}
 }

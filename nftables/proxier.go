@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -146,6 +147,39 @@ func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 	if p.rebuild.Swap(false) {
 		clear(p.states) // the kernel no longer holds what they say
 	}
+	tx, next, err := p.transaction(req)
+	if errors.Is(err, errSetsOutgrown) {
+		// Every family's table is built again (one family's table replaced in a transaction
+		// that also changes the other's would reorder the other's operations, see hooksLast).
+		klog.InfoS("Building the nftables tables again with larger sets", "reason", err.Error())
+		clear(p.states)
+		tx, next, err = p.transaction(req)
+	}
+	if err != nil {
+		p.failed(next) // states changed in place no longer match the kernel
+		return err
+	}
+	own := p.beginOwnCommit(tx)
+	err = p.apply(tx, own)
+	own.end(err == nil)
+	if err != nil {
+		p.failed(next)
+		logFailedTransaction(tx)
+		return fmt.Errorf("syncing nftables (full=%t): %w", req.Full, err)
+	}
+	for f, st := range next {
+		p.states[f] = st
+	}
+	klog.V(2).InfoS("Synced nftables", "full", req.Full, "operations", tx.Operations(), "elapsed", time.Since(start))
+	return nil
+}
+
+// errSetsOutgrown: a sync would take a set past its size (capacity.go).
+var errSetsOutgrown = errors.New("a set would outgrow its size")
+
+// transaction builds the transaction of req and the families' states once it is applied. On
+// error the states of the families returned were changed in place.
+func (p *Proxier) transaction(req *proxier.SyncRequest) (*Transaction, map[v1.IPFamily]*familyState, error) {
 	tx := &Transaction{}
 	next := map[v1.IPFamily]*familyState{}
 	for i, co := range req.Checkouts {
@@ -159,26 +193,12 @@ func (p *Proxier) Sync(ctx context.Context, req *proxier.SyncRequest) error {
 			tracker = req.Trackers[i]
 		}
 		st, err := p.syncFamily(tx, fc, co, tracker, req)
-		if err != nil {
-			next[co.Family] = nil
-			p.failed(next) // states changed in place no longer match the kernel
-			return err
-		}
 		next[co.Family] = st
+		if err != nil {
+			return nil, next, err
+		}
 	}
-	own := p.beginOwnCommit(tx)
-	err := p.apply(tx, own)
-	own.end(err == nil)
-	if err != nil {
-		p.failed(next)
-		logFailedTransaction(tx)
-		return fmt.Errorf("syncing nftables (full=%t): %w", req.Full, err)
-	}
-	for f, st := range next {
-		p.states[f] = st
-	}
-	klog.V(2).InfoS("Synced nftables", "full", req.Full, "operations", tx.Operations(), "elapsed", time.Since(start))
-	return nil
+	return tx, next, nil
 }
 
 // apply applies tx: in stages when it creates the tables on a node that has none and no
@@ -224,13 +244,7 @@ func (p *Proxier) syncFamily(tx *Transaction, fc *familyConfig, co *proxier.Chec
 	ops := newFamilyOps(fc)
 	st.flush(ops)
 	if err := st.limits.overflow(ops); err != nil {
-		if tracker == nil {
-			return nil, fmt.Errorf("%w, and %w to build the table again with larger sets", err, noTracker)
-		}
-		klog.InfoS("Building the nftables table again with larger sets", "ipFamily", fc.fam.ipFamily, "reason", err.Error())
-		st = newTable(tx, fc, tracker, req.Node)
-		ops = newFamilyOps(fc)
-		st.flush(ops)
+		return st, fmt.Errorf("%w: %s: %w", errSetsOutgrown, fc.fam.ipFamily, err)
 	}
 	st.limits.record(ops)
 	ops.appendTo(tx)
