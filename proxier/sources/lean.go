@@ -88,39 +88,63 @@ func (s *leanScratch) keep(depth int, buf []byte) { s.levels[depth] = buf }
 // message is an error.
 func (f leanFilter) filter(dst, msg []byte, scratch *leanScratch, depth int) ([]byte, error) {
 	for len(msg) > 0 {
-		tag, n := binary.Uvarint(msg)
-		if n <= 0 {
-			return dst, errors.New("malformed field tag")
-		}
-		num, wire := tag>>3, int(tag&7)
-		size, err := fieldSize(msg[n:], wire)
+		fld, err := nextField(msg)
 		if err != nil {
-			return dst, fmt.Errorf("field %d: %w", num, err)
+			return dst, err
 		}
-		whole, value := msg[:n+size], msg[n:n+size]
-		msg = msg[n+size:]
-		rule, ruled := f[num]
+		msg = msg[len(fld.whole):]
+		rule, ruled := f[fld.num]
 		switch {
-		case !ruled || wire != wireBytes && !rule.drop:
-			dst = append(dst, whole...)
+		case !ruled || fld.wire != wireBytes && !rule.drop:
+			dst = append(dst, fld.whole...)
 		case rule.drop:
 		case rule.mapKeys != nil:
-			if key, err := mapEntryKey(payload(value)); err != nil {
-				return dst, fmt.Errorf("field %d: %w", num, err)
+			if key, err := mapEntryKey(fld.payload()); err != nil {
+				return dst, fmt.Errorf("field %d: %w", fld.num, err)
 			} else if rule.mapKeys[string(key)] {
-				dst = append(dst, whole...)
+				dst = append(dst, fld.whole...)
 			}
 		default:
-			inner, err := rule.inner.filter(scratch.level(depth), payload(value), scratch, depth+1)
+			inner, err := rule.inner.filter(scratch.level(depth), fld.payload(), scratch, depth+1)
 			if err != nil {
-				return dst, fmt.Errorf("field %d: %w", num, err)
+				return dst, fmt.Errorf("field %d: %w", fld.num, err)
 			}
 			scratch.keep(depth, inner)
-			dst = binary.AppendUvarint(append(dst, whole[:n]...), uint64(len(inner)))
+			dst = binary.AppendUvarint(append(dst, fld.whole[:fld.tagSize]...), uint64(len(inner)))
 			dst = append(dst, inner...)
 		}
 	}
 	return dst, nil
+}
+
+// field is one encoded field of a message.
+type field struct {
+	num  uint64
+	wire int
+	// whole is the field's encoding, its tag (tagSize bytes) then its value.
+	whole   []byte
+	tagSize int
+}
+
+// payload returns the bytes of a length-delimited field's value (nextField checked its length).
+func (f field) payload() []byte {
+	_, n := binary.Uvarint(f.whole[f.tagSize:])
+	return f.whole[f.tagSize+n:]
+}
+
+// nextField returns the first field of msg (which must not be empty).
+func nextField(msg []byte) (field, error) {
+	tag, n := binary.Uvarint(msg)
+	if n <= 0 {
+		return field{}, errors.New("malformed field tag")
+	}
+	f := field{num: tag >> 3, wire: int(tag & 7), tagSize: n}
+	size, err := fieldSize(msg[n:], f.wire)
+	if err != nil {
+		return field{}, fmt.Errorf("field %d: %w", f.num, err)
+	}
+	f.whole = msg[:n+size]
+	return f, nil
 }
 
 // fieldSize returns how many bytes of b (which follows a field's tag) the field's value takes.
@@ -152,27 +176,17 @@ func fieldSize(b []byte, wire int) (int, error) {
 	return size, nil
 }
 
-// payload returns the bytes of a length-delimited value (fieldSize checked it).
-func payload(value []byte) []byte {
-	_, n := binary.Uvarint(value)
-	return value[n:]
-}
-
 // mapEntryKey returns the key (field 1) of a map entry message.
 func mapEntryKey(entry []byte) ([]byte, error) {
 	for len(entry) > 0 {
-		tag, n := binary.Uvarint(entry)
-		if n <= 0 {
-			return nil, errors.New("malformed map entry")
-		}
-		size, err := fieldSize(entry[n:], int(tag&7))
+		fld, err := nextField(entry)
 		if err != nil {
 			return nil, err
 		}
-		if tag == 1<<3|wireBytes {
-			return payload(entry[n : n+size]), nil
+		if fld.num == 1 && fld.wire == wireBytes {
+			return fld.payload(), nil
 		}
-		entry = entry[n+size:]
+		entry = entry[len(fld.whole):]
 	}
 	return nil, nil
 }
@@ -184,18 +198,14 @@ func newEndpointSlice(encoded []byte) *discovery.EndpointSlice {
 	const endpointsField = 2
 	n := 0
 	for len(encoded) > 0 {
-		tag, k := binary.Uvarint(encoded)
-		if k <= 0 {
-			break
-		}
-		size, err := fieldSize(encoded[k:], int(tag&7))
+		fld, err := nextField(encoded)
 		if err != nil {
 			break // Unmarshal reports it
 		}
-		if tag>>3 == endpointsField {
+		if fld.num == endpointsField {
 			n++
 		}
-		encoded = encoded[k+size:]
+		encoded = encoded[len(fld.whole):]
 	}
 	if n == 0 {
 		return &discovery.EndpointSlice{}
