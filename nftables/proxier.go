@@ -221,14 +221,11 @@ func (p *Proxier) apply(tx *Transaction, own *ownCommit) error {
 // once tx is applied.
 func (p *Proxier) syncFamily(tx *Transaction, fc *familyConfig, co *proxier.Checkout, tracker *proxier.Tracker, req *proxier.SyncRequest) (*familyState, error) {
 	st := p.states[fc.fam.ipFamily]
-	noTracker := fmt.Errorf("syncing nftables: no tracker for IP family %s", fc.fam.ipFamily)
 	switch {
-	case st == nil && tracker == nil:
-		return nil, noTracker
+	case (st == nil || req.Full) && tracker == nil:
+		return nil, fmt.Errorf("syncing nftables: no tracker for IP family %s", fc.fam.ipFamily)
 	case st == nil:
 		st = newTable(tx, fc, tracker, req.Node)
-	case req.Full && tracker == nil:
-		return nil, noTracker
 	case req.Full:
 		resync(st, tracker, req.Node)
 	default:
